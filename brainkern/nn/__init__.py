@@ -1,0 +1,1 @@
+"""Layers built on :mod:`brainkern.ops`."""

@@ -1,0 +1,191 @@
+"""Backend selection shared by every op in :mod:`brainkern.ops`.
+
+Each op has four implementations: ``reference`` (plain PyTorch, in the op's own
+module, always available), ``cpu`` (C++ in ``brainkern._C``), ``cuda`` (CUDA in
+``brainkern._C``) and ``triton`` (Triton kernels; on the GPU, or on the CPU under
+``TRITON_INTERPRET=1``). An op describes what each backend supports with an
+:class:`OpDispatch`; this module chooses one per call:
+
+- forced: ``with use_backend("triton"): ...`` or ``BRAINKERN_BACKEND=triton``
+  (the context manager wins). If the forced backend cannot run the input, a
+  :class:`BackendError` lists every backend and why it declined.
+- automatic otherwise: the op's preference order for the input's device
+  (by default ``cuda, triton, reference`` on a GPU and ``cpu, reference`` on the
+  CPU), taking the first backend that is available and accepts the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from brainkern import _ext
+
+BACKENDS: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
+ENV_VAR = "BRAINKERN_BACKEND"
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("brainkern_backend", default=None)
+
+# A check returns None when the backend can run the call, else the reason it declines.
+Check = Callable[..., "str | None"]
+
+
+class BackendError(RuntimeError):
+    """No backend (or not the forced one) can run an op on the given input."""
+
+
+def _validate(name: str, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown brainkern backend {name!r} from {source}; choose one of {BACKENDS}")
+    return name
+
+
+def interpreter_enabled() -> bool:
+    """Whether Triton kernels run through Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+@functools.cache
+def _triton_import_status() -> bool | str:
+    try:
+        import triton  # noqa: F401, PLC0415
+    except ImportError as exc:
+        return f"triton is not installed ({exc})"
+    return True
+
+
+def _triton_status() -> bool | str:
+    status = _triton_import_status()
+    if status is not True:
+        return status
+    if torch.cuda.is_available() or interpreter_enabled():
+        return True
+    return "no CUDA device and TRITON_INTERPRET=1 is not set (Triton's CPU interpreter)"
+
+
+def backends() -> dict[str, bool | str]:
+    """Each backend's availability here: ``{name: True | "reason it is not available"}``."""
+    return {
+        "reference": True,
+        "cpu": _ext.extension_status(),
+        "cuda": _ext.cuda_status(),
+        "triton": _triton_status(),
+    }
+
+
+def forced_backend() -> str | None:
+    """The backend forced by :func:`use_backend` or ``BRAINKERN_BACKEND``, if any."""
+    name = _forced.get()
+    if name is not None:  # set by use_backend(); "auto" there overrides the environment
+        return None if name == "auto" else name
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if env in ("", "auto"):
+        return None
+    return _validate(env, f"${ENV_VAR}")
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Force every brainkern op inside the block onto one backend.
+
+    Args:
+        name: one of ``"reference"``, ``"cpu"``, ``"cuda"``, ``"triton"``; ``None``
+            or ``"auto"`` restores automatic choice (also over ``BRAINKERN_BACKEND``).
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name is not None and name != "auto":
+        _validate(name, "use_backend()")
+    token = _forced.set("auto" if name in (None, "auto") else name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def _device_reason(backend: str, device: torch.device) -> str | None:
+    if backend == "cpu" and device.type != "cpu":
+        return f"the input is on {device}; this backend runs on the CPU only"
+    if backend == "cuda" and device.type != "cuda":
+        return f"the input is on {device}; this backend runs on CUDA devices only"
+    if backend == "triton":
+        if device.type == "cpu" and not interpreter_enabled():
+            return "the input is on the CPU and TRITON_INTERPRET=1 is not set"
+        if device.type not in ("cpu", "cuda"):
+            return f"the input is on {device}; Triton runs on CUDA devices (or the CPU interpreter)"
+    return None
+
+
+def _default_order(device: torch.device) -> Sequence[str]:
+    if device.type == "cuda":
+        return ("cuda", "triton", "reference")
+    if device.type == "cpu":
+        return ("cpu", "reference")
+    return ("reference",)
+
+
+class OpDispatch:
+    """What each backend of one op supports, and the choice of backend per call.
+
+    Args:
+        op: the public name of the op, used in error messages.
+        checks: ``{backend: check}``; ``check(*args, **kwargs)`` returns ``None``
+            when that backend can run the call, else a short reason. A backend
+            without a check accepts every input its device allows; a backend
+            missing from ``BACKENDS`` order is never chosen.
+        order: ``order(device, *args, **kwargs)`` gives the automatic preference
+            order; by default ``cuda, triton, reference`` on CUDA and
+            ``cpu, reference`` on the CPU.
+    """
+
+    def __init__(
+        self,
+        op: str,
+        checks: dict[str, Check] | None = None,
+        order: Callable[..., Sequence[str]] | None = None,
+    ) -> None:
+        self.op = op
+        self.checks = dict(checks or {})
+        self.order = order
+
+    def reason(self, backend: str, device: torch.device, *args, **kwargs) -> str | None:
+        """Why ``backend`` cannot run this call, or ``None`` if it can."""
+        status = backends()[backend]
+        if status is not True:
+            return f"unavailable: {status}"
+        why = _device_reason(backend, device)
+        if why is None and backend in self.checks:
+            why = self.checks[backend](*args, **kwargs)
+        return None if why is None else f"declined: {why}"
+
+    def select(self, device: torch.device, *args, **kwargs) -> str:
+        """The backend that runs this call (forced, or the first that fits).
+
+        Raises:
+            BackendError: the forced backend cannot run the call; the message lists
+                every backend and its reason.
+        """
+        forced = forced_backend()
+        if forced is not None:
+            if self.reason(forced, device, *args, **kwargs) is None:
+                return forced
+            raise BackendError(self._report(f"backend {forced!r} was forced", device, *args, **kwargs))
+        order = self.order(device, *args, **kwargs) if self.order else _default_order(device)
+        for backend in order:
+            if self.reason(backend, device, *args, **kwargs) is None:
+                return backend
+        raise BackendError(self._report("no backend fits", device, *args, **kwargs))
+
+    def _report(self, headline: str, device: torch.device, *args, **kwargs) -> str:
+        lines = [f"brainkern.ops.{self.op}: {headline}, but it cannot run this input on {device}:"]
+        for backend in BACKENDS:
+            why = self.reason(backend, device, *args, **kwargs)
+            lines.append(f"  {backend}: {'can run it' if why is None else why}")
+        lines.append("Force another with brainkern.ops.use_backend(name) or BRAINKERN_BACKEND.")
+        return "\n".join(lines)
