@@ -41,3 +41,31 @@ def test_cuda_source_compiles_for_sm90(source, tmp_path):
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stdout}\n{out.stderr}"
+
+
+CUDA_CPP_FILES = sorted((ROOT / "csrc").glob("*/*_cuda.cpp"))
+CXX = shutil.which("g++") or shutil.which("c++")
+
+
+def _cuda_include() -> Path | None:
+    if NVCC is None:
+        return None
+    include = Path(NVCC).resolve().parents[1] / "include"
+    return include if (include / "cuda_runtime.h").exists() else None
+
+
+@pytest.mark.skipif(NVCC is None or CXX is None, reason="nvcc or a C++ compiler is missing")
+@pytest.mark.parametrize("source", CUDA_CPP_FILES, ids=[p.parent.name for p in CUDA_CPP_FILES])
+def test_cuda_wrapper_parses(source):
+    """The torch-side CUDA wrappers parse against this torch's headers (no link)."""
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    cuda_include = _cuda_include()
+    if cuda_include is None:
+        pytest.skip("CUDA headers not found beside nvcc")
+    includes = [str(ROOT / "csrc"), *include_paths(), str(cuda_include), sysconfig.get_paths()["include"]]
+    cmd = [CXX, "-std=c++17", "-fsyntax-only", "-DWITH_CUDA", *(f"-I{p}" for p in includes), str(source)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stdout}\n{out.stderr}"
