@@ -1,0 +1,98 @@
+"""3D MS-SSIM against a slow float64 reference written here with numpy."""
+
+import numpy as np
+import pytest
+import torch
+
+from brainkern.evaluate import ms_ssim3d
+from brainkern.evaluate.ms_ssim import DEFAULT_WEIGHTS, number_of_scales
+
+
+def _slow_ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float, win: int, sigma: float, weights):
+    """Direct windowed sums over every valid window position, one volume pair."""
+    coords = np.arange(win) - (win - 1) / 2
+    g1 = np.exp(-(coords**2) / (2 * sigma**2))
+    g1 /= g1.sum()
+    window = g1[:, None, None] * g1[None, :, None] * g1[None, None, :]
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    value = 1.0
+    for j, w in enumerate(weights):
+        pa = np.lib.stride_tricks.sliding_window_view(a, (win, win, win))
+        pb = np.lib.stride_tricks.sliding_window_view(b, (win, win, win))
+        mu_a = (pa * window).sum(axis=(-3, -2, -1))
+        mu_b = (pb * window).sum(axis=(-3, -2, -1))
+        var_a = (pa**2 * window).sum(axis=(-3, -2, -1)) - mu_a**2
+        var_b = (pb**2 * window).sum(axis=(-3, -2, -1)) - mu_b**2
+        cov = (pa * pb * window).sum(axis=(-3, -2, -1)) - mu_a * mu_b
+        cs = ((2 * cov + c2) / (var_a + var_b + c2)).mean()
+        value *= max(cs, 0.0) ** w
+        if j == len(weights) - 1:
+            lum = ((2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)).mean()
+            value *= max(lum, 0.0) ** w
+        else:
+
+            def half(v):
+                d, h, w_ = (s // 2 * 2 for s in v.shape)
+                v = v[:d, :h, :w_]
+                return v.reshape(d // 2, 2, h // 2, 2, w_ // 2, 2).mean(axis=(1, 3, 5))
+
+            a, b = half(a), half(b)
+    return value
+
+
+def _smooth_pair(shape, seed, noise):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(shape)
+    # Smooth so that structure survives the coarser scales.
+    for axis in range(3):
+        base = (base + np.roll(base, 1, axis) + np.roll(base, -1, axis)) / 3
+    other = base + noise * rng.standard_normal(shape)
+    return base, other
+
+
+@pytest.mark.parametrize(
+    "shape, win, sigma",
+    [((16, 16, 16), 7, 1.5), ((17, 15, 22), 5, 1.0), ((32, 28, 30), 7, 1.5)],
+)
+def test_matches_slow_reference(shape, win, sigma):
+    a, b = _smooth_pair(shape, seed=1, noise=0.3)
+    fit = number_of_scales(shape, win)
+    weights = [w / sum(DEFAULT_WEIGHTS[:fit]) for w in DEFAULT_WEIGHTS[:fit]]
+    expected = _slow_ms_ssim(a, b, 4.0, win, sigma, weights)
+    ta = torch.from_numpy(a)[None, None]
+    tb = torch.from_numpy(b)[None, None]
+    got = ms_ssim3d(ta, tb, data_range=4.0, win_size=win, sigma=sigma)
+    assert got.shape == (1,)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    got32 = ms_ssim3d(ta.float(), tb.float(), data_range=4.0, win_size=win, sigma=sigma)
+    assert got32.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_batch_is_per_pair_and_identity_is_one():
+    pairs = [_smooth_pair((24, 24, 24), seed=s, noise=n) for s, n in ((0, 0.1), (1, 0.5), (2, 1.0))]
+    a = torch.stack([torch.from_numpy(p[0]) for p in pairs])[:, None]
+    b = torch.stack([torch.from_numpy(p[1]) for p in pairs])[:, None]
+    batch = ms_ssim3d(a, b, data_range=4.0)
+    single = torch.cat([ms_ssim3d(a[i : i + 1], b[i : i + 1], data_range=4.0) for i in range(3)])
+    torch.testing.assert_close(batch, single)
+    assert batch[0] > batch[1] > batch[2]  # more noise, less similar
+    torch.testing.assert_close(ms_ssim3d(a, a, data_range=4.0), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(ms_ssim3d(a, b, data_range=4.0), ms_ssim3d(b, a, data_range=4.0))
+
+
+def test_works_at_64_cubed_with_four_scales():
+    assert number_of_scales((64, 64, 64), 7) == 4
+    x = torch.rand(2, 1, 64, 64, 64)
+    value = ms_ssim3d(x, x.flip(0), data_range=1.0)
+    assert value.shape == (2,) and torch.all((value >= 0) & (value < 1))
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="one shape"):
+        ms_ssim3d(torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 1, 8, 8, 9), 1.0)
+    with pytest.raises(ValueError, match="smaller than the 7-voxel window"):
+        ms_ssim3d(torch.zeros(1, 1, 6, 8, 8), torch.zeros(1, 1, 6, 8, 8), 1.0)
+    with pytest.raises(ValueError, match="only 2 scales"):
+        ms_ssim3d(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16), 1.0, weights=[0.2] * 5)
+    with pytest.raises(ValueError, match="odd"):
+        ms_ssim3d(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16), 1.0, win_size=6)
