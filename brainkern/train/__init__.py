@@ -1,0 +1,1 @@
+"""Training engine: objectives, loops, run directories, checkpoints and resume."""
