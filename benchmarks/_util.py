@@ -28,7 +28,9 @@ def bench_device() -> torch.device:
 
 def is_smoke(config) -> bool:
     """True when benchmarks run once for correctness only (``--benchmark-disable``)."""
-    return bool(config.getoption("benchmark_disable", False))
+    disabled = config.getoption("benchmark_disable", False)
+    enabled = config.getoption("benchmark_enable", False)
+    return bool(disabled and not enabled)
 
 
 def sync(device: torch.device) -> None:
