@@ -75,7 +75,7 @@ def _check_options(kernel: str, estimator: str, bandwidths) -> None:
         raise ValueError(f"mmd2: bandwidths only apply to kernel='rbf', got kernel={kernel!r}")
 
 
-def _flatten(x: torch.Tensor, y: torch.Tensor, lead: int, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _flatten(x: torch.Tensor, y: torch.Tensor, lead: int, estimator: str) -> tuple[torch.Tensor, ...]:
     """(T, m, D) and (T, n, D) views of x and y; ``lead`` is 1 (mmd2) or 2 (batched)."""
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, torch.Tensor):
@@ -156,7 +156,7 @@ def _median_bandwidths(d2: torch.Tensor) -> torch.Tensor:
     return med[:, None] * scales
 
 
-def _kernel_from_gram(g: torch.Tensor, kernel: str, bandwidths: torch.Tensor | None, dim: int) -> torch.Tensor:
+def _kernel_from_gram(g: torch.Tensor, kernel: str, bandwidths: torch.Tensor | None, dim: int):
     """Kernel matrices (T, N, N) from Gram matrices (T, N, N) of rows of ``dim`` features."""
     if kernel == "linear":
         return g
