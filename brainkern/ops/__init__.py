@@ -4,11 +4,15 @@ See :mod:`brainkern.ops._backend` for how a backend is chosen per call.
 """
 
 from brainkern.ops._backend import BACKENDS, BackendError, backends, forced_backend, use_backend
+from brainkern.ops.spectral_norm import spectral_norm_step, spectral_norm_step_reference, spectral_normalize
 
 __all__ = [
     "BACKENDS",
     "BackendError",
     "backends",
     "forced_backend",
+    "spectral_norm_step",
+    "spectral_norm_step_reference",
+    "spectral_normalize",
     "use_backend",
 ]
