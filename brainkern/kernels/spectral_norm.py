@@ -150,17 +150,19 @@ def base_offsets_ok(weights, us, vs) -> str | None:
 
 def _layout(weights, us, vs, device) -> tuple[torch.Tensor, int, int]:
     """Device int64 tensor [meta (L, 8); prog_map (P, 2)], P, and sum_l in_l."""
-    key = tuple(
-        (w.data_ptr(), *w.shape, w.stride(0), u.data_ptr(), v.data_ptr()) for w, u, v in zip(weights, us, vs)
+    layers = zip(weights, us, vs, strict=True)
+    key = (
+        device,
+        weights[0].dtype,
+        tuple((w.data_ptr(), *w.shape, w.stride(0), u.data_ptr(), v.data_ptr()) for w, u, v in layers),
     )
-    key = (device, weights[0].dtype, key)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
     meta, prog = [], []
     work_off = 0
-    for layer, (w, u, v) in enumerate(zip(weights, us, vs)):
+    for layer, (w, u, v) in enumerate(zip(weights, us, vs, strict=True)):
         out_f, in_f = w.shape
         meta.append(
             [

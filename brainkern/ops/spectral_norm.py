@@ -42,7 +42,9 @@ __all__ = ["spectral_norm_step", "spectral_norm_step_reference", "spectral_norma
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-def _validate(weights: Sequence[torch.Tensor], us: Sequence[torch.Tensor], vs: Sequence[torch.Tensor]) -> None:
+def _validate(
+    weights: Sequence[torch.Tensor], us: Sequence[torch.Tensor], vs: Sequence[torch.Tensor]
+) -> None:
     for name, seq in (("weights", weights), ("us", us), ("vs", vs)):
         if not isinstance(seq, (list, tuple)):
             raise TypeError(f"spectral_norm_step: {name} must be a list of tensors, got {type(seq).__name__}")
@@ -54,17 +56,21 @@ def _validate(weights: Sequence[torch.Tensor], us: Sequence[torch.Tensor], vs: S
     if not weights:
         raise ValueError("spectral_norm_step: got no layers (empty lists)")
     device, dtype = weights[0].device, weights[0].dtype
-    for i, (w, u, v) in enumerate(zip(weights, us, vs)):
+    for i, (w, u, v) in enumerate(zip(weights, us, vs, strict=True)):
         for name, t in (("weight", w), ("u", u), ("v", v)):
             if not isinstance(t, torch.Tensor):
-                raise TypeError(f"spectral_norm_step: layer {i}: {name} must be a tensor, got {type(t).__name__}")
+                raise TypeError(
+                    f"spectral_norm_step: layer {i}: {name} must be a tensor, got {type(t).__name__}"
+                )
         if w.dim() != 2:
             raise ValueError(
                 f"spectral_norm_step: layer {i}: weight must be a 2D matrix (out, in) "
                 f"(reshape a conv weight with .reshape(out, -1)), got shape {tuple(w.shape)}"
             )
         if not w.is_floating_point() or w.is_complex():
-            raise TypeError(f"spectral_norm_step: layer {i}: weight must be real floating point, got {w.dtype}")
+            raise TypeError(
+                f"spectral_norm_step: layer {i}: weight must be real floating point, got {w.dtype}"
+            )
         out_f, in_f = w.shape
         if out_f == 0 or in_f == 0:
             raise ValueError(f"spectral_norm_step: layer {i}: weight has an empty shape {tuple(w.shape)}")
@@ -115,7 +121,7 @@ def spectral_norm_step_reference(
     _validate(weights, us, vs)
     sigmas = []
     with torch.no_grad():
-        for w, u, v in zip(weights, us, vs):
+        for w, u, v in zip(weights, us, vs, strict=True):
             F.normalize(torch.mv(w, v), dim=0, eps=eps, out=u)
             F.normalize(torch.mv(w.t(), u), dim=0, eps=eps, out=v)
             sigmas.append(torch.vdot(u, torch.mv(w, v)))
@@ -198,7 +204,7 @@ def spectral_norm_step(
             from brainkern.kernels.spectral_norm import spectral_norm_step_triton  # noqa: PLC0415
 
             sigmas = spectral_norm_step_triton(ws, us_k, vs_k, float(eps))
-        for dst, src in zip(list(us) + list(vs), us_k + vs_k):
+        for dst, src in zip(list(us) + list(vs), us_k + vs_k, strict=True):
             if dst is not src:
                 dst.copy_(src)
     return sigmas
