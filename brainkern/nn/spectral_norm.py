@@ -32,7 +32,10 @@ from brainkern.ops.spectral_norm import spectral_norm_step, spectral_normalize
 
 __all__ = ["SNConv2d", "SNConv3d", "SNLinear", "spectral_norm_update"]
 
-_WARMUP_ITERATIONS = 15  # as torch.nn.utils.parametrizations.spectral_norm at registration
+# torch.nn.utils.parametrizations.spectral_norm iterates 15 times when it is built, and
+# register_parametrization's consistency check then runs one training forward
+# (n_power_iterations more): the layers start from the same u, v as torch's.
+_WARMUP_ITERATIONS = 15
 _FOREVER = -1
 
 
@@ -59,7 +62,7 @@ class _SpectralNormMixin:
         self.register_buffer("u", u)
         self.register_buffer("v", v)
         self.register_buffer("sigma", w.new_ones(()))
-        self._power_iteration(_WARMUP_ITERATIONS)
+        self._power_iteration(_WARMUP_ITERATIONS + self.n_power_iterations)
 
     def _weight_matrix(self) -> torch.Tensor:
         w = self.weight.detach()
