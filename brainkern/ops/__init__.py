@@ -5,6 +5,7 @@ See :mod:`brainkern.ops._backend` for how a backend is chosen per call.
 
 from brainkern.ops._backend import BACKENDS, BackendError, backends, forced_backend, use_backend
 from brainkern.ops.mmd import mmd2, mmd2_batched
+from brainkern.ops.spectral_norm import spectral_norm_step, spectral_norm_step_reference, spectral_normalize
 
 __all__ = [
     "BACKENDS",
@@ -13,5 +14,8 @@ __all__ = [
     "forced_backend",
     "mmd2",
     "mmd2_batched",
+    "spectral_norm_step",
+    "spectral_norm_step_reference",
+    "spectral_normalize",
     "use_backend",
 ]
