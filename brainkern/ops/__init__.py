@@ -4,11 +4,21 @@ See :mod:`brainkern.ops._backend` for how a backend is chosen per call.
 """
 
 from brainkern.ops._backend import BACKENDS, BackendError, backends, forced_backend, use_backend
+from brainkern.ops.pixel_shuffle3d import (
+    pixel_shuffle3d,
+    pixel_shuffle3d_reference,
+    pixel_unshuffle3d,
+    pixel_unshuffle3d_reference,
+)
 
 __all__ = [
     "BACKENDS",
     "BackendError",
     "backends",
     "forced_backend",
+    "pixel_shuffle3d",
+    "pixel_shuffle3d_reference",
+    "pixel_unshuffle3d",
+    "pixel_unshuffle3d_reference",
     "use_backend",
 ]

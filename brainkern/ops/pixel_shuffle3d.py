@@ -90,7 +90,7 @@ def _check_unshuffle(x: torch.Tensor, r: object) -> int:
     _check_input(x, op)
     r = _check_factor(r, "downscale_factor", op)
     spatial = tuple(x.shape[2:])
-    bad = [f"{name}={size}" for name, size in zip("DHW", spatial) if size % r != 0]
+    bad = [f"{name}={size}" for name, size in zip("DHW", spatial, strict=True) if size % r != 0]
     if bad:
         raise ValueError(
             f"{op}: every spatial size of {spatial} must be divisible by downscale_factor ({r}), "
@@ -251,7 +251,7 @@ def pixel_shuffle3d(x: torch.Tensor, upscale_factor: int) -> torch.Tensor:
 
 
 def pixel_unshuffle3d(x: torch.Tensor, downscale_factor: int) -> torch.Tensor:
-    """3D pixel unshuffle, the inverse of :func:`pixel_shuffle3d`: ``(N, C, r*D, r*H, r*W) -> (N, C*r^3, D, H, W)``.
+    """3D pixel unshuffle, inverse of :func:`pixel_shuffle3d`: ``(N, C, rD, rH, rW) -> (N, C*r^3, D, H, W)``.
 
     Voxel ``(c, d*r + i, h*r + j, w*r + k)`` goes to channel ``c*r^3 + i*r^2 + j*r + k``
     at ``(d, h, w)`` (space-to-depth; used as a lossless downsampling in encoders).
