@@ -17,11 +17,15 @@ float16 and bfloat16 share one kernel.
 Backends, automatic order:
 
 - CUDA tensors: ``cuda``, then ``triton``, then ``reference``.
-- CPU tensors: ``cpu``, then ``reference``. The C++ kernel walks each output
-  row once with the ``r`` source rows hot in L1, while the reference's
-  ``permute().contiguous()`` copy goes through TensorIterator with an 8-d,
-  mostly length-``r`` iteration space; the C++ kernel was faster at every shape
-  measured (see ``benchmarks/bench_pixel_shuffle3d.py``).
+- CPU tensors: ``cpu``, then ``reference``. The C++ kernel fills each
+  high-resolution row from its ``r`` low-resolution rows (all in L1) with no
+  per-element index arithmetic, while the reference's ``permute().contiguous()``
+  copy runs TensorIterator over an 8-d iteration space whose inner dimension has
+  length ``r``. On one thread the C++ kernel was faster at every shape measured,
+  in both directions and for strided inputs: 0.4 vs 7.9 ms for
+  ``(4, 512, 8, 8, 8)``, 1.9 vs 10.8 ms for ``(4, 256, 16, 16, 16)``, 36 vs 49 ms
+  for ``(4, 64, 32, 32, 32)`` (where page faults of the fresh output dominate
+  both), 0.18 vs 0.37 ms for r = 3 (see ``benchmarks/bench_pixel_shuffle3d.py``).
 
 Autograd: the gradient of a shuffle is the unshuffle of the incoming gradient
 (and the reverse), computed by calling the other public op on the same backend,

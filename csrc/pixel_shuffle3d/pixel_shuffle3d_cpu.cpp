@@ -28,14 +28,38 @@ template <typename Word, bool kShuffle>
 void run_rows(const Word* x, Word* y, const Geometry& g, const int64_t* s, int64_t begin, int64_t end) {
   const int64_t r = g.r, r3 = r * r * r, w = g.w;
   const int64_t lo_d = g.hi_d / r, lo_h = g.hi_h / r;
+  // Decompose the first row once, then step the coordinates: no divisions per row
+  // (rows are short, 2*W elements, so they would cost as much as the copy).
+  int64_t hh = begin % g.hi_h;
+  int64_t t = begin / g.hi_h;
+  int64_t hd = t % g.hi_d;
+  t /= g.hi_d;
+  int64_t c = t % g.channels;
+  int64_t n = t / g.channels;
+  int64_t d = hd / r, i = hd % r, h = hh / r, j = hh % r;
   for (int64_t row = begin; row < end; ++row) {
-    const int64_t hh = row % g.hi_h;
-    int64_t t = row / g.hi_h;
-    const int64_t hd = t % g.hi_d;
-    t /= g.hi_d;
-    const int64_t c = t % g.channels;
-    const int64_t n = t / g.channels;
-    const int64_t d = hd / r, i = hd % r, h = hh / r, j = hh % r;
+    if (row != begin) {
+      ++hh;
+      if (++j == r) {
+        j = 0;
+        ++h;
+      }
+      if (hh == g.hi_h) {
+        hh = h = j = 0;
+        ++hd;
+        if (++i == r) {
+          i = 0;
+          ++d;
+        }
+        if (hd == g.hi_d) {
+          hd = d = i = 0;
+          if (++c == g.channels) {
+            c = 0;
+            ++n;
+          }
+        }
+      }
+    }
     const int64_t lo_c0 = c * r3 + i * r * r + j * r;  // channel of k = 0
     if (kShuffle) {
       // x is the low-resolution input (strided); y the contiguous high-resolution output.
@@ -119,6 +143,14 @@ at::Tensor launch(const at::Tensor& x, int64_t r) {
   return y;
 }
 
+// Shapes only, for tracing (torch.compile's fake tensors, the meta device).
+at::Tensor shuffle_meta(const at::Tensor& x, int64_t r) {
+  return at::empty(pixel_shuffle3d_output_sizes(x, r, true), x.options());
+}
+at::Tensor unshuffle_meta(const at::Tensor& x, int64_t r) {
+  return at::empty(pixel_shuffle3d_output_sizes(x, r, false), x.options());
+}
+
 }  // namespace
 
 at::Tensor pixel_shuffle3d_cpu(const at::Tensor& x, int64_t r) { return launch<true>(x, r); }
@@ -129,6 +161,11 @@ at::Tensor pixel_unshuffle3d_cpu(const at::Tensor& x, int64_t r) { return launch
 TORCH_LIBRARY_FRAGMENT(brainkern, m) {
   m.def("pixel_shuffle3d(Tensor x, int r) -> Tensor");
   m.def("pixel_unshuffle3d(Tensor x, int r) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(brainkern, Meta, m) {
+  m.impl("pixel_shuffle3d", &brainkern::shuffle_meta);
+  m.impl("pixel_unshuffle3d", &brainkern::unshuffle_meta);
 }
 
 TORCH_LIBRARY_IMPL(brainkern, CPU, m) {

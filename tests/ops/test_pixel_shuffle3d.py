@@ -337,6 +337,16 @@ def test_compiled_op_checks_its_inputs():
         op.pixel_unshuffle3d(torch.randn(1, 1, 2, 2, 2), 0)
 
 
+@pytest.mark.skipif(backends()["cpu"] is not True, reason="brainkern._C is not built")
+def test_compiled_op_has_meta_kernels_for_tracing():
+    op = torch.ops.brainkern
+    y = op.pixel_shuffle3d(torch.empty(2, 16, 3, 4, 5, device="meta", dtype=torch.bfloat16), 2)
+    assert y.shape == (2, 2, 6, 8, 10) and y.dtype == torch.bfloat16 and y.device.type == "meta"
+    assert op.pixel_unshuffle3d(torch.empty(2, 1, 6, 3, 9, device="meta"), 3).shape == (2, 27, 2, 1, 3)
+    with pytest.raises(RuntimeError, match="must be divisible by r"):
+        op.pixel_unshuffle3d(torch.empty(2, 1, 5, 4, 4, device="meta"), 2)
+
+
 # ----------------------------------------------------------------------------- CUDA kernel, host harness
 
 HARNESS = Path(__file__).with_name("pixel_shuffle3d_harness.cu")
