@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from brainkern.ops.pixel_shuffle3d import pixel_shuffle3d, pixel_unshuffle3d
+from brainkern.ops.pixel_shuffle3d import _check_factor, pixel_shuffle3d, pixel_unshuffle3d
 
 __all__ = ["PixelShuffle3d", "PixelUnshuffle3d", "icnr_"]
 
@@ -31,11 +31,7 @@ class PixelShuffle3d(nn.Module):
 
     def __init__(self, upscale_factor: int) -> None:
         super().__init__()
-        if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, int):
-            raise TypeError(f"PixelShuffle3d: upscale_factor must be an int, got {upscale_factor!r}")
-        if upscale_factor < 1:
-            raise ValueError(f"PixelShuffle3d: upscale_factor must be >= 1, got {upscale_factor}")
-        self.upscale_factor = upscale_factor
+        self.upscale_factor = _check_factor(upscale_factor, "upscale_factor", "PixelShuffle3d")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pixel_shuffle3d(x, self.upscale_factor)
@@ -56,11 +52,7 @@ class PixelUnshuffle3d(nn.Module):
 
     def __init__(self, downscale_factor: int) -> None:
         super().__init__()
-        if isinstance(downscale_factor, bool) or not isinstance(downscale_factor, int):
-            raise TypeError(f"PixelUnshuffle3d: downscale_factor must be an int, got {downscale_factor!r}")
-        if downscale_factor < 1:
-            raise ValueError(f"PixelUnshuffle3d: downscale_factor must be >= 1, got {downscale_factor}")
-        self.downscale_factor = downscale_factor
+        self.downscale_factor = _check_factor(downscale_factor, "downscale_factor", "PixelUnshuffle3d")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pixel_unshuffle3d(x, self.downscale_factor)
@@ -98,10 +90,7 @@ def icnr_(
         ValueError: ``weight`` is not 5-d, ``upscale_factor < 1``, or ``weight.shape[0]`` is
             not divisible by ``upscale_factor**3``.
     """
-    if isinstance(upscale_factor, bool) or not isinstance(upscale_factor, int):
-        raise TypeError(f"icnr_: upscale_factor must be an int, got {upscale_factor!r}")
-    if upscale_factor < 1:
-        raise ValueError(f"icnr_: upscale_factor must be >= 1, got {upscale_factor}")
+    upscale_factor = _check_factor(upscale_factor, "upscale_factor", "icnr_")
     if weight.dim() != 5:
         raise ValueError(
             f"icnr_: expected a Conv3d weight (C_out, C_in, kD, kH, kW), got shape {tuple(weight.shape)}"

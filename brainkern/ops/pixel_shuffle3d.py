@@ -34,6 +34,8 @@ so double and higher derivatives work on every backend.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from brainkern import _ext
@@ -55,9 +57,14 @@ _INT32_MAX = 2**31 - 1
 
 
 def _check_factor(r: object, what: str, op: str) -> int:
-    # bool is an int subclass; True as a factor is almost certainly a mistake.
-    if isinstance(r, bool) or not isinstance(r, int):
+    # Any integer type (int, numpy and 0-d integer tensors via __index__), but not
+    # bool, an int subclass that as a factor is almost certainly a mistake.
+    if isinstance(r, bool) or (isinstance(r, torch.Tensor) and r.dtype == torch.bool):
         raise TypeError(f"{op}: {what} must be an int, got {type(r).__name__} ({r!r})")
+    try:
+        r = operator.index(r)
+    except TypeError:
+        raise TypeError(f"{op}: {what} must be an int, got {type(r).__name__} ({r!r})") from None
     if r < 1:
         raise ValueError(f"{op}: {what} must be >= 1, got {r}")
     return r

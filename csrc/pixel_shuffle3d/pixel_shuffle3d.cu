@@ -12,8 +12,9 @@
 // re-read sectors (unshuffle reads every r-th word) come from L1.
 //
 // Kernels move raw words (uint16/uint32/uint64), so float16 and bfloat16 share
-// the 2-byte instantiation and results are bit-exact. Indices are int32 when every
-// offset fits, else int64.
+// the 2-byte instantiation and results are bit-exact. Indices are uint32 when every
+// offset fits (unsigned: its divisions are cheaper, and every index is >= 0), else
+// int64.
 #include "cuda_common.h"
 #include "pixel_shuffle3d/pixel_shuffle3d.h"
 
@@ -188,7 +189,7 @@ cudaError_t launch_word(const void* x, void* y, bool shuffle, int64_t r, const i
   // Slack for the thread that steps one block width past the end of a row.
   const int64_t limit = (int64_t{1} << 31) - 1 - 16 * kThreads;
   if (numel < limit && span < limit) {
-    return launch_v<Word, int32_t>(x, y, make_params<int32_t>(shuffle, r, sizes, strides), shuffle, stream);
+    return launch_v<Word, uint32_t>(x, y, make_params<uint32_t>(shuffle, r, sizes, strides), shuffle, stream);
   }
   return launch_v<Word, int64_t>(x, y, make_params<int64_t>(shuffle, r, sizes, strides), shuffle, stream);
 }

@@ -32,7 +32,7 @@ def test_layers_repr_and_state():
     ("make", "error", "match"),
     [
         (lambda: PixelShuffle3d(0), ValueError, "upscale_factor must be >= 1, got 0"),
-        (lambda: PixelShuffle3d(1.5), TypeError, "upscale_factor must be an int, got 1.5"),
+        (lambda: PixelShuffle3d(1.5), TypeError, r"upscale_factor must be an int, got float \(1.5\)"),
         (lambda: PixelUnshuffle3d(-1), ValueError, "downscale_factor must be >= 1, got -1"),
         (lambda: PixelUnshuffle3d("2"), TypeError, "downscale_factor must be an int"),
     ],
@@ -109,7 +109,7 @@ def test_icnr_on_a_parameter_keeps_it_a_leaf_parameter():
         ((12, 3, 3, 3, 3), 2, ValueError, r"\(12\) must be divisible by upscale_factor\*\*3 \(2\*\*3=8"),
         ((8, 3, 3, 3), 2, ValueError, r"Conv3d weight .* got shape \(8, 3, 3, 3\)"),
         ((8, 3, 3, 3, 3), 0, ValueError, "upscale_factor must be >= 1, got 0"),
-        ((8, 3, 3, 3, 3), 2.0, TypeError, "upscale_factor must be an int, got 2.0"),
+        ((8, 3, 3, 3, 3), 2.0, TypeError, r"upscale_factor must be an int, got float \(2.0\)"),
     ],
 )
 def test_icnr_rejects_bad_weights(shape, r, error, match):

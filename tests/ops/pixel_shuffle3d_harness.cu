@@ -60,7 +60,7 @@ int run_v(int v, bool shuffle, int64_t r, int64_t blocks, const int64_t* s, cons
 
 template <typename Word>
 int run_i(int bits, int v, bool shuffle, int64_t r, int64_t blocks, const int64_t* s, const int64_t* t) {
-  return bits == 32 ? run_v<Word, int32_t>(v, shuffle, r, blocks, s, t)
+  return bits == 32 ? run_v<Word, uint32_t>(v, shuffle, r, blocks, s, t)
                     : run_v<Word, int64_t>(v, shuffle, r, blocks, s, t);
 }
 

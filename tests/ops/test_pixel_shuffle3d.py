@@ -291,6 +291,14 @@ def test_indivisible_channels_name_the_numbers(backend):
         pixel_shuffle3d(torch.randn(1, 30, 2, 2, 2), 2)
 
 
+def test_integer_like_factors_are_accepted():
+    np = pytest.importorskip("numpy")
+    x = torch.randn(1, 8, 2, 3, 2)
+    expected = pixel_shuffle3d_reference(x, 2)
+    assert torch.equal(pixel_shuffle3d(x, np.int64(2)), expected)
+    assert torch.equal(pixel_unshuffle3d(expected, torch.tensor(2)), x)
+
+
 def test_unshuffle_rejects_indivisible_grid():
     x = torch.randn(1, 1, 53, 63, 46)
     with pytest.raises(ValueError, match=r"\(53, 63, 46\).*downscale_factor \(2\).*D=53, H=63"):
