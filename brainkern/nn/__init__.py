@@ -7,4 +7,10 @@ __all__ = [
     "SNConv3d",
     "SNLinear",
     "spectral_norm_update",
+from brainkern.nn.pixel_shuffle import PixelShuffle3d, PixelUnshuffle3d, icnr_
+
+__all__ = [
+    "PixelShuffle3d",
+    "PixelUnshuffle3d",
+    "icnr_",
 ]
