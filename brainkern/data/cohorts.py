@@ -59,8 +59,8 @@ ATROPHY_REGIONS = (
 VENTRICLE_SEARCH = ((0.0, -10.0, 15.0), 30.0)
 
 # The size of the patient effect at effect=1.0 (calibrated with scripts/calibrate_smri.py).
-ATROPHY_AT_1 = 0.48  # fraction of the GM-to-CSF contrast lost at a region's centre
-VENTRICLE_AT_1 = 0.30  # radial expansion of the ventricular region (0.3: 30 % wider)
+ATROPHY_AT_1 = 0.42  # fraction of the GM-to-CSF contrast lost at a region's centre
+VENTRICLE_AT_1 = 0.26  # radial expansion of the ventricular region (26 % wider)
 
 # fMRI classes: activation blobs (MNI centre in mm, amplitude in t-units).
 FMRI_CLASSES: dict[str, tuple[tuple[tuple[float, float, float], float], ...]] = {
@@ -257,11 +257,11 @@ def _smri_subject(tpl: dict, shape, rng: np.random.Generator, severity: float) -
     # Smooth nonlinear deformation: ~3 mm per component on a 5^3 control grid.
     coords += _smooth_field(rng, 3, 5, shape).astype(np.float32) * (3.0 / voxel)
     # Ventricle enlargement: pull sampling points towards the ventricles' centre so the
-    # dark region grows by (1 + k); sigma 18 mm keeps it central.
+    # dark region grows by (1 + k); sigma 24 mm keeps it central.
     k = VENTRICLE_AT_1 * severity + vent_var
     vc = tpl["ventricle_vox"].astype(np.float32).reshape(3, 1, 1, 1)
     d = grid - vc
-    sig = 18.0 / voxel
+    sig = 24.0 / voxel
     w = np.exp(-(d**2).sum(0) / (2 * sig * sig))
     coords -= (k / (1.0 + k)) * d * w
 

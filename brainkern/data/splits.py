@@ -42,7 +42,7 @@ def stratified_kfold(
         classes, counts = np.unique(y, return_counts=True)
         if counts.min() < n_splits:
             c = classes[np.argmin(counts)]
-            raise ValueError(f"class {c!r} has {counts.min()} volume(s), fewer than n_splits={n_splits}")
+            raise ValueError(f"class {c} has {counts.min()} volume(s), fewer than n_splits={n_splits}")
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         folds = splitter.split(np.zeros(n), y)
     else:
@@ -52,7 +52,7 @@ def stratified_kfold(
         for c in np.unique(y):
             n_groups = len(np.unique(g[y == c]))
             if n_groups < n_splits:
-                raise ValueError(f"class {c!r} has {n_groups} subject(s), fewer than n_splits={n_splits}")
+                raise ValueError(f"class {c} has {n_groups} subject(s), fewer than n_splits={n_splits}")
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         folds = splitter.split(np.zeros(n), y, g)
     return [(np.sort(tr).astype(np.int64), np.sort(te).astype(np.int64)) for tr, te in folds]
