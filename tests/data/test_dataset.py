@@ -250,3 +250,15 @@ def test_pickle_reopens_memmap(tmp_path):
 def test_empty_dataset():
     with pytest.raises(ValueError, match="at least one"):
         VolumeDataset([])
+
+
+def test_4d_inputs_need_an_index(tmp_path):
+    series = [
+        np.stack([blob_volume((10, 10, 10), seed=10 * i + t) for t in range(3)], axis=-1) for i in range(2)
+    ]
+    recs = _records(tmp_path, series)
+    with pytest.raises(ValueError, match=r"4D with shape \(10, 10, 10, 3\)"):
+        VolumeDataset(recs)
+    ds = VolumeDataset(recs, index=2, scale=None, clip=None, trim=False)
+    np.testing.assert_array_equal(ds.volumes[1], series[1][..., 2])
+    assert ds.config["index"] == 2
