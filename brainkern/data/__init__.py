@@ -1,0 +1,54 @@
+"""brainkern.data: NIfTI I/O, preprocessing, data sets, splits, augmentation,
+HA-GAN sub-volume sampling and the embedded cohorts.
+
+Submodules load on first use, so ``import brainkern.data`` stays cheap (nilearn,
+scikit-learn and torch are imported only by the functions that need them).
+
+- :func:`load_volume`, :func:`save_volume`, :class:`Volume` (``brainkern.data.io``)
+- :class:`VolumeDataset`, :class:`Preprocess` (``dataset``, ``preprocess``)
+- :func:`read_table`, :func:`scan_folder`, :func:`scan_bids`, :func:`scan_neurovault` (``sources``)
+- :func:`stratified_kfold` (``splits``)
+- :func:`sample_subvolumes`, :func:`assemble_slabs`, :func:`slab_starts` (``subvolume``)
+- ``augment``: classic augmentation; ``cohorts``: simulated cohorts from templates
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Preprocess": "preprocess",
+    "Record": "sources",
+    "Volume": "io",
+    "VolumeDataset": "dataset",
+    "assemble_slabs": "subvolume",
+    "load_volume": "io",
+    "read_table": "sources",
+    "sample_subvolumes": "subvolume",
+    "save_volume": "io",
+    "scan_bids": "sources",
+    "scan_folder": "sources",
+    "scan_neurovault": "sources",
+    "slab_starts": "subvolume",
+    "stratified_kfold": "splits",
+    "write_table": "sources",
+}
+_SUBMODULES = ("augment", "cache", "cohorts", "dataset", "io", "preprocess", "sources", "splits", "subvolume")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
