@@ -1,16 +1,14 @@
 """Layers built on :mod:`brainkern.ops`."""
 
-from brainkern.nn.spectral_norm import SNConv2d, SNConv3d, SNLinear, spectral_norm_update
-
-__all__ = [
-    "SNConv2d",
-    "SNConv3d",
-    "SNLinear",
-    "spectral_norm_update",
 from brainkern.nn.pixel_shuffle import PixelShuffle3d, PixelUnshuffle3d, icnr_
+from brainkern.nn.spectral_norm import SNConv2d, SNConv3d, SNLinear, spectral_norm_update
 
 __all__ = [
     "PixelShuffle3d",
     "PixelUnshuffle3d",
+    "SNConv2d",
+    "SNConv3d",
+    "SNLinear",
     "icnr_",
+    "spectral_norm_update",
 ]
