@@ -42,7 +42,7 @@ class KwonDiscriminator(nn.Module):
 
 
 class ICWDiscriminator(nn.Module):
-    """Zhuang et al. (2019) ICW-GAN: one-hot labels concatenated as constant channels to every layer's input."""
+    """Zhuang et al. (2019) ICW-GAN: one-hot labels as constant channels on every layer's input."""
 
     def __init__(self, classes=3, conv=nn.Conv3d, width=4):
         super().__init__()
