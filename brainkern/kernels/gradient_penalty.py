@@ -173,7 +173,7 @@ def _gradient_penalty_norm_bwd_kernel(
         if MODE == 1:
             d = tl.where(d < 0.0, 0.0, d)
         # f'(n) / n, with 0 at n == 0 (grad[b] is all zero there); NaN propagates.
-        k = tl.where(n == 0.0, 0.0, 2.0 * d / n)
+        k = tl.where(n == 0.0, 0.0, 2.0 * d / tl.where(n == 0.0, 1.0, n))
     g = tl.load(grad_ptr + base + offs, mask=mask, other=0.0).to(weight.dtype)
     tl.store(dgrad_ptr + base + offs, (scale * k * g).to(dgrad_ptr.dtype.element_ty), mask=mask)
 

@@ -142,7 +142,8 @@ _CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _lazy_key(discriminator: Callable) -> object:
     # A bound method is a new object at every attribute access; count its instance.
-    return getattr(discriminator, "__self__", None) or discriminator
+    owner = getattr(discriminator, "__self__", None)
+    return discriminator if owner is None else owner
 
 
 def _lazy_applies(discriminator: Callable, every: int) -> bool:
