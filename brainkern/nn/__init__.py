@@ -1,9 +1,11 @@
 """Layers built on :mod:`brainkern.ops`."""
 
+from brainkern.nn.conv import Conv3d
 from brainkern.nn.pixel_shuffle import PixelShuffle3d, PixelUnshuffle3d, icnr_
 from brainkern.nn.spectral_norm import SNConv2d, SNConv3d, SNLinear, spectral_norm_update
 
 __all__ = [
+    "Conv3d",
     "PixelShuffle3d",
     "PixelUnshuffle3d",
     "SNConv2d",

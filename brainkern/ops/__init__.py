@@ -4,7 +4,9 @@ See :mod:`brainkern.ops._backend` for how a backend is chosen per call.
 """
 
 from brainkern.ops._backend import BACKENDS, BackendError, backends, forced_backend, use_backend
-from brainkern.ops.mmd import mmd2, mmd2_batched
+from brainkern.ops.conv3d_gradfix import conv3d_gradfix, no_weight_gradients
+from brainkern.ops.gradient_penalty import gradient_penalty, gradient_penalty_reference
+from brainkern.ops.mmd import mmd2, mmd2_batched, mmd2_batched_reference, mmd2_reference
 from brainkern.ops.pixel_shuffle3d import (
     pixel_shuffle3d,
     pixel_shuffle3d_reference,
@@ -17,15 +19,21 @@ __all__ = [
     "BACKENDS",
     "BackendError",
     "backends",
+    "conv3d_gradfix",
     "forced_backend",
+    "gradient_penalty",
+    "gradient_penalty_reference",
     "mmd2",
     "mmd2_batched",
-    "spectral_norm_step",
-    "spectral_norm_step_reference",
-    "spectral_normalize",
+    "mmd2_batched_reference",
+    "mmd2_reference",
+    "no_weight_gradients",
     "pixel_shuffle3d",
     "pixel_shuffle3d_reference",
     "pixel_unshuffle3d",
     "pixel_unshuffle3d_reference",
+    "spectral_norm_step",
+    "spectral_norm_step_reference",
+    "spectral_normalize",
     "use_backend",
 ]
