@@ -39,7 +39,7 @@ def _apply_act(v, slope, ACT: tl.constexpr):
 @triton.jit
 def _resize_conv3d_fwd_kernel(
     x_ptr,  # (N, C_in, D, H, W) contiguous
-    w_ptr,  # (8, C_out, C_in, 8) folded phase filters [phase, o, i, tap], contiguous
+    w_ptr,  # (8, C_out, C_in, 8) folded phase filters [phase, o, i, tap], contiguous (float32 for half x)
     b_ptr,  # (C_out,) bias; unused when HAS_BIAS is False
     y_ptr,  # (N, C_out, 2D, 2H, 2W) output, contiguous
     M,  # N * D * H * W low-resolution voxels
@@ -53,7 +53,7 @@ def _resize_conv3d_fwd_kernel(
     ACT: tl.constexpr,  # 0 none, 1 relu, 2 leaky_relu, 3 tanh
     ACC_DTYPE: tl.constexpr,  # float32, or float64 for float64 inputs
     PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" or "tf32"
-    UPCAST: tl.constexpr,  # multiply half-precision tiles in float32 (Triton's CPU interpreter)
+    UPCAST: tl.constexpr,  # half-precision x with float32 weights: multiply in float32
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -186,13 +186,13 @@ def _precision(t: torch.Tensor) -> str:
     # Follow PyTorch's own switch for convolutions, so that fp32 matches cuDNN's behaviour.
     if t.dtype == torch.float32 and t.is_cuda and torch.backends.cudnn.allow_tf32:
         return "tf32"
-    return "ieee"
+    return "ieee"  # half inputs too: float32 weights, exact products
 
 
 def _upcast(t: torch.Tensor) -> bool:
-    # The interpreter multiplies bfloat16 tiles wrongly (numpy has no bfloat16); the products of
-    # two half-precision numbers are exact in float32, so this changes only the summation order.
-    return t.dtype in (torch.float16, torch.bfloat16) and not t.is_cuda
+    # Half-precision inputs come with float32 folded weights (sums of up to 8 weights, which
+    # rounding to half would spoil), so their tiles are multiplied in float32.
+    return t.dtype in (torch.float16, torch.bfloat16)
 
 
 def _acc_dtype(t: torch.Tensor):

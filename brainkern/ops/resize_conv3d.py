@@ -237,23 +237,26 @@ _DISPATCH = OpDispatch(
 
 
 def _act_grad(grad_y: torch.Tensor, y: torch.Tensor | None, act: int, slope: float) -> torch.Tensor:
-    """The gradient before the activation, from the activation's output (differentiable)."""
+    """The gradient before the activation, from its output ``y`` (differentiable).
+
+    For relu and leaky_relu, ``y`` may be the bool mask ``y > 0``: their derivative is
+    piecewise constant, so the mask serves double backward as well.
+    """
     if act == 0:
         return grad_y
-    if act == 1:
-        return torch.where(y > 0, grad_y, torch.zeros_like(grad_y))
-    if act == 2:
-        return torch.where(y > 0, grad_y, grad_y * slope)
+    if act in (1, 2):
+        pos = y if y.dtype == torch.bool else y > 0
+        return torch.where(pos, grad_y, grad_y * slope if act == 2 else torch.zeros_like(grad_y))
     return grad_y * (1 - y * y)
 
 
 def _conv_grads(g: torch.Tensor, x: torch.Tensor, w8: torch.Tensor, need_x: bool, need_w: bool):
     """Input and folded-weight gradients of the phase convolution (differentiable ATen ops)."""
-    k4 = _phase_to_transposed(w8)
+    k4 = _phase_to_transposed(w8).to(g.dtype)  # float32 phase filters of half inputs: cast
     gx, gk, _ = torch.ops.aten.convolution_backward(
         g, x, k4, None, [2, 2, 2], [1, 1, 1], [1, 1, 1], True, [0, 0, 0], 1, [need_x, need_w, False]
     )
-    return gx, (_transposed_to_phase(gk) if need_w else None)
+    return gx, (_transposed_to_phase(gk).to(w8.dtype) if need_w else None)
 
 
 def _forward(backend: str, x, w8, bias, act: int, slope: float) -> torch.Tensor:
@@ -281,7 +284,10 @@ class _ResizeConv3dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w8, bias, act: int, slope: float, backend: str):
         y = _forward(backend, x, w8, bias, act, slope)
-        ctx.save_for_backward(x, w8, y if act != 0 else None)
+        # relu / leaky_relu need only the sign of y: keep a 1-byte mask instead of the output
+        # (a quarter of float32, an eighth of float64); tanh' = 1 - y^2 needs y itself.
+        saved = None if act == 0 else (y if act == 3 else y > 0)
+        ctx.save_for_backward(x, w8, saved)
         ctx.act, ctx.slope, ctx.backend, ctx.has_bias = act, slope, backend, bias is not None
         return y
 
@@ -334,7 +340,10 @@ def resize_conv3d(
     backend = _DISPATCH.select(x.device, x, weight, bias, activation, negative_slope)
     if backend == "reference":
         return resize_conv3d_reference(x, weight, bias, activation, negative_slope)
-    w8 = fold_resize_conv_weight(weight)
+    # Half-precision inputs get float32 folded weights: each is a sum of up to 8 weights,
+    # and rounding it to half would add an error eager PyTorch does not make.
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    w8 = fold_resize_conv_weight(weight.float() if half else weight)
     return _ResizeConv3dFn.apply(
         x.contiguous(), w8.contiguous(), None if bias is None else bias.contiguous(), _ACT_CODE[activation], float(negative_slope), backend
     )

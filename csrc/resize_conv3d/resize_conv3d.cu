@@ -12,13 +12,7 @@ namespace brainkern {
 namespace {
 
 template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
+using Acc = resize_conv3d_acc<T>;
 
 template <typename T>
 __device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
@@ -92,7 +86,7 @@ __device__ __forceinline__ void tile_mac(const acc_t (*as)[kTileM], const acc_t 
 // channel) pairs, 8 taps x KC channels per stage.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    resize_conv3d_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w8, const T* __restrict__ bias,
+    resize_conv3d_fwd_kernel(const T* __restrict__ x, const typename Acc<T>::type* __restrict__ w8, const T* __restrict__ bias,
                              T* __restrict__ y, int64_t n, int64_t c_in, int64_t c_out, int64_t d, int64_t h,
                              int64_t w, int act, float slope) {
   using acc_t = typename Acc<T>::type;
@@ -134,7 +128,7 @@ __global__ void __launch_bounds__(kThreads)
       const int nn = e % kTileN, r = e / kTileN;
       const int tap = r / KC, kc = r % KC;
       const int64_t o = o0 + nn, ci = ci0 + kc;
-      ws[r][nn] = (o < c_out && ci < c_in) ? to_acc(w8[((phase * c_out + o) * c_in + ci) * 8 + tap]) : acc_t(0);
+      ws[r][nn] = (o < c_out && ci < c_in) ? w8[((phase * c_out + o) * c_in + ci) * 8 + tap] : acc_t(0);
     }
     __syncthreads();
     tile_mac<acc_t, R>(xs, ws, acc, tx, ty);
@@ -163,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
 // d - a + 1 - t, i.e. high-resolution voxel 2 (d - a + 1 - t) + a.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    resize_conv3d_bwd_input_kernel(const T* __restrict__ g, const T* __restrict__ w8, T* __restrict__ gx, int64_t n,
+    resize_conv3d_bwd_input_kernel(const T* __restrict__ g, const typename Acc<T>::type* __restrict__ w8, T* __restrict__ gx, int64_t n,
                                    int64_t c_in, int64_t c_out, int64_t d, int64_t h, int64_t w) {
   using acc_t = typename Acc<T>::type;
   constexpr int R = Stage<acc_t>::R;
@@ -202,7 +196,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = static_cast<int>(threadIdx.x); e < R * kTileN; e += kThreads) {
         const int nn = e % kTileN, r = e / kTileN;
         const int64_t ci = i0 + nn, o = o0 + r;
-        ws[r][nn] = (ci < c_in && o < c_out) ? to_acc(w8[((phase * c_out + o) * c_in + ci) * 8 + tap]) : acc_t(0);
+        ws[r][nn] = (ci < c_in && o < c_out) ? w8[((phase * c_out + o) * c_in + ci) * 8 + tap] : acc_t(0);
       }
       __syncthreads();
       tile_mac<acc_t, R>(gs, ws, acc, tx, ty);
@@ -226,7 +220,7 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 template <typename T>
-cudaError_t resize_conv3d_fwd_cuda_launch(const T* x, const T* w8, const T* bias, T* y, int64_t n, int64_t c_in,
+cudaError_t resize_conv3d_fwd_cuda_launch(const T* x, const typename Acc<T>::type* w8, const T* bias, T* y, int64_t n, int64_t c_in,
                                           int64_t c_out, int64_t d, int64_t h, int64_t w, int act, float slope,
                                           cudaStream_t stream) {
   const int64_t m = n * d * h * w;
@@ -237,7 +231,7 @@ cudaError_t resize_conv3d_fwd_cuda_launch(const T* x, const T* w8, const T* bias
 }
 
 template <typename T>
-cudaError_t resize_conv3d_bwd_input_cuda_launch(const T* g, const T* w8, T* grad_x, int64_t n, int64_t c_in,
+cudaError_t resize_conv3d_bwd_input_cuda_launch(const T* g, const typename Acc<T>::type* w8, T* grad_x, int64_t n, int64_t c_in,
                                                 int64_t c_out, int64_t d, int64_t h, int64_t w,
                                                 cudaStream_t stream) {
   const int64_t m = n * d * h * w;
@@ -248,10 +242,10 @@ cudaError_t resize_conv3d_bwd_input_cuda_launch(const T* g, const T* w8, T* grad
 }
 
 #define BK_INSTANTIATE(T)                                                                                        \
-  template cudaError_t resize_conv3d_fwd_cuda_launch<T>(const T*, const T*, const T*, T*, int64_t, int64_t,      \
+  template cudaError_t resize_conv3d_fwd_cuda_launch<T>(const T*, const Acc<T>::type*, const T*, T*, int64_t, int64_t,      \
                                                         int64_t, int64_t, int64_t, int64_t, int, float,          \
                                                         cudaStream_t);                                           \
-  template cudaError_t resize_conv3d_bwd_input_cuda_launch<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, \
+  template cudaError_t resize_conv3d_bwd_input_cuda_launch<T>(const T*, const Acc<T>::type*, T*, int64_t, int64_t, int64_t, \
                                                               int64_t, int64_t, int64_t, cudaStream_t);
 BK_INSTANTIATE(float)
 BK_INSTANTIATE(double)

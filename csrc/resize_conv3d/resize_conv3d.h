@@ -3,7 +3,8 @@
 //
 // Shapes:
 //   x     (N, C_in, D, H, W)                  low-resolution input, contiguous
-//   w8    (2, 2, 2, C_out, C_in, 2, 2, 2)     phase filters [a, b, c, o, i, t, u, v]:
+//   w8    (2, 2, 2, C_out, C_in, 2, 2, 2)     phase filters [a, b, c, o, i, t, u, v], in x's dtype,
+//         or float32 when x is float16/bfloat16 (folded sums of weights are not rounded to half):
 //         output voxel (2d+a, 2h+b, 2w+c) reads x[d+a-1+t, h+b-1+u, w+c-1+v]
 //         (zero outside the volume); brainkern.ops.fold_resize_conv_weight makes them
 //   bias  (C_out) or none
@@ -22,15 +23,26 @@
 
 namespace brainkern {
 
+// Folded weights are read in the accumulation type: float for float, __half and
+// __nv_bfloat16 inputs, double for double.
+template <typename T>
+struct resize_conv3d_acc {
+  using type = float;
+};
+template <>
+struct resize_conv3d_acc<double> {
+  using type = double;
+};
+
 // y = act(phase_conv(x, w8) + bias); bias may be null. T: float, double, __half, __nv_bfloat16.
 template <typename T>
-cudaError_t resize_conv3d_fwd_cuda_launch(const T* x, const T* w8, const T* bias, T* y, int64_t n,
+cudaError_t resize_conv3d_fwd_cuda_launch(const T* x, const typename resize_conv3d_acc<T>::type* w8, const T* bias, T* y, int64_t n,
                                           int64_t c_in, int64_t c_out, int64_t d, int64_t h, int64_t w,
                                           int act, float slope, cudaStream_t stream);
 
 // grad_x (N, C_in, D, H, W) from g (N, C_out, 2D, 2H, 2W) = grad_y * act'(y).
 template <typename T>
-cudaError_t resize_conv3d_bwd_input_cuda_launch(const T* g, const T* w8, T* grad_x, int64_t n, int64_t c_in,
+cudaError_t resize_conv3d_bwd_input_cuda_launch(const T* g, const typename resize_conv3d_acc<T>::type* w8, T* grad_x, int64_t n, int64_t c_in,
                                                 int64_t c_out, int64_t d, int64_t h, int64_t w,
                                                 cudaStream_t stream);
 
@@ -69,8 +81,9 @@ inline void resize_conv3d_check(const at::Tensor& x, const at::Tensor& w8, const
                   w8.size(7) == 2 && w8.size(4) == x.size(1),
               "resize_conv3d: w8 must have shape (2, 2, 2, C_out, C_in=", x.size(1), ", 2, 2, 2), got ",
               shape_str(w8.sizes()));
-  TORCH_CHECK(w8.scalar_type() == x.scalar_type(), "resize_conv3d: w8 is ", w8.scalar_type(), " but x is ",
-              x.scalar_type());
+  const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(w8.scalar_type() == x.scalar_type() || (half && w8.scalar_type() == at::kFloat), "resize_conv3d: w8 is ",
+              w8.scalar_type(), " but x is ", x.scalar_type(), " (w8 must match x, or be float32 for half x)");
   TORCH_CHECK(w8.device() == x.device(), "resize_conv3d: w8 is on ", w8.device(), " but x is on ", x.device());
   TORCH_CHECK(act >= 0 && act <= 3, "resize_conv3d: activation code must be 0..3, got ", act);
   if (bias.has_value() && bias->defined()) {

@@ -101,8 +101,9 @@ void bias_act_inplace(scalar_t* y, const scalar_t* bias, int64_t n, int64_t c_ou
 }
 
 // g = grad_y * act'(y) (written when A != none) and per-(n, o) sums of g for the bias gradient.
-template <typename scalar_t, int64_t A>
-void act_backward(const scalar_t* gy, const scalar_t* y, scalar_t* g, double* plane_sums, int64_t planes,
+// y_t: the output's dtype, or bool for relu/leaky_relu when only the sign of y was saved.
+template <typename scalar_t, int64_t A, typename y_t>
+void act_backward(const scalar_t* gy, const y_t* y, scalar_t* g, double* plane_sums, int64_t planes,
                   int64_t s, double slope_d) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t slope = static_cast<acc_t>(slope_d);
@@ -113,7 +114,7 @@ void act_backward(const scalar_t* gy, const scalar_t* y, scalar_t* g, double* pl
       if constexpr (A == kNone) {
         for (int64_t i = 0; i < s; ++i) sum += static_cast<acc_t>(gyp[i]);
       } else {
-        const scalar_t* yp = y + pl * s;
+        const y_t* yp = y + pl * s;
         scalar_t* gp = g + pl * s;
         for (int64_t i = 0; i < s; ++i) {
           const acc_t v = activate_grad<A>(static_cast<acc_t>(gyp[i]), static_cast<acc_t>(yp[i]), slope);
@@ -136,6 +137,15 @@ at::Tensor resize_conv3d_fwd_cpu(const at::Tensor& x_in, const at::Tensor& w8_in
                                  const c10::optional<at::Tensor>& bias_opt, int64_t act, double slope) {
   BK_CHECK_CPU(x_in, "resize_conv3d: x");
   resize_conv3d_check(x_in, w8_in, bias_opt, act);
+  if (x_in.scalar_type() == at::kHalf || x_in.scalar_type() == at::kBFloat16) {
+    // Half precision runs in float32 and rounds once at the end: oneDNN has no faster half
+    // path on CPUs without native bf16/fp16 units, and the folded weights (sums of up to 8
+    // weights) stay unrounded.
+    c10::optional<at::Tensor> bias32;
+    if (bias_opt.has_value() && bias_opt->defined()) bias32 = bias_opt->to(at::kFloat);
+    return resize_conv3d_fwd_cpu(x_in.to(at::kFloat), w8_in.to(at::kFloat), bias32, act, slope)
+        .to(x_in.scalar_type());
+  }
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w8 = w8_in.contiguous();
   const bool has_bias = bias_opt.has_value() && bias_opt->defined();
@@ -175,6 +185,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cpu(
   BK_CHECK_CPU(x_in, "resize_conv3d: x");
   BK_CHECK_CPU(grad_y_in, "resize_conv3d: grad_y");
   resize_conv3d_check(x_in, w8_in, c10::nullopt, act);
+  if (x_in.scalar_type() == at::kHalf || x_in.scalar_type() == at::kBFloat16) {
+    const auto half = x_in.scalar_type();
+    c10::optional<at::Tensor> y32;
+    if (y_opt.has_value() && y_opt->defined())
+      y32 = y_opt->scalar_type() == at::kBool ? *y_opt : y_opt->to(at::kFloat);
+    auto [gx, gw, gb] = resize_conv3d_bwd_cpu(grad_y_in.to(at::kFloat), y32, x_in.to(at::kFloat),
+                                              w8_in.to(at::kFloat), act, slope, need_x, need_w, need_b);
+    return {gx.to(half), gw.to(w8_in.scalar_type()), gb.to(half)};
+  }
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.size(0), d = x.size(2), h = x.size(3), w = x.size(4);
   const int64_t c_out = w8_in.size(3);
@@ -187,9 +206,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cpu(
   at::Tensor y;
   if (act != kNone) {
     TORCH_CHECK(y_opt.has_value() && y_opt->defined() && y_opt->sizes() == grad_y.sizes(),
-                "resize_conv3d: the backward of an activation needs the forward output y of shape ",
+                "resize_conv3d: the backward of an activation needs the forward output y (or, for relu and "
+                "leaky_relu, the mask y > 0) of shape ",
                 shape_str(out_shape));
     y = y_opt->contiguous();
+    TORCH_CHECK(y.scalar_type() == x.scalar_type() || (y.scalar_type() == at::kBool && act != kTanh),
+                "resize_conv3d: y must be ", x.scalar_type(), " (or bool for relu/leaky_relu), got ",
+                y.scalar_type());
   }
 
   const int64_t planes = n * c_out, s = 8 * d * h * w;
@@ -198,10 +221,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cpu(
   if (act != kNone || need_b) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "resize_conv3d_bwd_cpu", [&] {
       dispatch_act(act, [&](auto A) {
-        act_backward<scalar_t, decltype(A)::value>(
-            grad_y.const_data_ptr<scalar_t>(), act == kNone ? nullptr : y.const_data_ptr<scalar_t>(),
-            act == kNone ? nullptr : g.mutable_data_ptr<scalar_t>(), need_b ? sums.data() : nullptr, planes, s,
-            slope);
+        scalar_t* gp = act == kNone ? nullptr : g.mutable_data_ptr<scalar_t>();
+        double* sp = need_b ? sums.data() : nullptr;
+        if (y.defined() && y.scalar_type() == at::kBool) {
+          act_backward<scalar_t, decltype(A)::value, bool>(grad_y.const_data_ptr<scalar_t>(),
+                                                           y.const_data_ptr<bool>(), gp, sp, planes, s, slope);
+        } else {
+          act_backward<scalar_t, decltype(A)::value, scalar_t>(
+              grad_y.const_data_ptr<scalar_t>(), y.defined() ? y.const_data_ptr<scalar_t>() : nullptr, gp, sp,
+              planes, s, slope);
+        }
       });
     });
   }

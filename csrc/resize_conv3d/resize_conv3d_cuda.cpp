@@ -27,6 +27,11 @@ struct CudaType<at::BFloat16> {
   using type = __nv_bfloat16;
 };
 
+// The folded weights travel in the accumulation type (see resize_conv3d_acc).
+at::Tensor weights_in_acc_type(const at::Tensor& w8, const at::Tensor& x) {
+  return w8.to(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
+}
+
 void check_int32(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.numel() <= INT32_MAX, "resize_conv3d: ", name, " has ", t.numel(),
               " elements; the CUDA kernels support at most 2^31 - 1");
@@ -40,7 +45,7 @@ at::Tensor resize_conv3d_fwd_cuda(const at::Tensor& x_in, const at::Tensor& w8_i
   resize_conv3d_check(x_in, w8_in, bias_opt, act);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
-  const at::Tensor w8 = w8_in.contiguous();
+  const at::Tensor w8 = weights_in_acc_type(w8_in, x_in);
   const bool has_bias = bias_opt.has_value() && bias_opt->defined();
   const at::Tensor bias = has_bias ? bias_opt->contiguous() : at::Tensor();
   const int64_t n = x.size(0), c_in = x.size(1), d = x.size(2), h = x.size(3), w = x.size(4);
@@ -51,9 +56,9 @@ at::Tensor resize_conv3d_fwd_cuda(const at::Tensor& x_in, const at::Tensor& w8_i
   cudaError_t err = cudaSuccess;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "resize_conv3d_fwd_cuda", [&] {
     using T = typename CudaType<scalar_t>::type;
+    using W = typename resize_conv3d_acc<T>::type;
     err = resize_conv3d_fwd_cuda_launch<T>(
-        reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>()),
-        reinterpret_cast<const T*>(w8.const_data_ptr<scalar_t>()),
+        reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>()), w8.const_data_ptr<W>(),
         has_bias ? reinterpret_cast<const T*>(bias.const_data_ptr<scalar_t>()) : nullptr,
         reinterpret_cast<T*>(y.mutable_data_ptr<scalar_t>()), n, c_in, c_out, d, h, w, static_cast<int>(act),
         static_cast<float>(slope), stream);
@@ -70,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cuda(
   resize_conv3d_check(x_in, w8_in, c10::nullopt, act);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
-  const at::Tensor w8 = w8_in.contiguous();
+  const at::Tensor w8 = weights_in_acc_type(w8_in, x_in);
   const int64_t n = x.size(0), c_in = x.size(1), d = x.size(2), h = x.size(3), w = x.size(4);
   const int64_t c_out = w8.size(3);
   const std::vector<int64_t> out_shape{n, c_out, 2 * d, 2 * h, 2 * w};
@@ -82,13 +87,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cuda(
   at::Tensor g = grad_y_in.contiguous();
   if (act != 0) {
     TORCH_CHECK(y_opt.has_value() && y_opt->defined() && y_opt->sizes() == g.sizes(),
-                "resize_conv3d: the backward of an activation needs the forward output y of shape ",
+                "resize_conv3d: the backward of an activation needs the forward output y (or the mask y > 0) of shape ",
                 shape_str(out_shape));
-    const at::Tensor& y = *y_opt;
+    const at::Tensor& y = *y_opt;  // relu/leaky_relu: may be the bool mask y > 0
     if (act == 1) {
-      g = at::where(y > 0, g, at::zeros_like(g));
+      g = at::where(y.scalar_type() == at::kBool ? y : y > 0, g, at::zeros_like(g));
     } else if (act == 2) {
-      g = at::where(y > 0, g, g * slope);
+      g = at::where(y.scalar_type() == at::kBool ? y : y > 0, g, g * slope);
     } else {
       g = g * (1 - y * y);
     }
@@ -102,8 +107,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cuda(
     cudaError_t err = cudaSuccess;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "resize_conv3d_bwd_cuda", [&] {
       using T = typename CudaType<scalar_t>::type;
+      using W = typename resize_conv3d_acc<T>::type;
       err = resize_conv3d_bwd_input_cuda_launch<T>(reinterpret_cast<const T*>(g.const_data_ptr<scalar_t>()),
-                                                   reinterpret_cast<const T*>(w8.const_data_ptr<scalar_t>()),
+                                                   w8.const_data_ptr<W>(),
                                                    reinterpret_cast<T*>(grad_x.mutable_data_ptr<scalar_t>()), n,
                                                    c_in, c_out, d, h, w, stream);
     });
@@ -111,9 +117,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cuda(
   }
   at::Tensor grad_w8 = at::empty({0}, x.options());
   if (need_w) {
-    auto grads = at::convolution_backward(g, x, resize_conv3d_phase_to_transposed(w8), c10::nullopt, {2, 2, 2},
-                                          {1, 1, 1}, {1, 1, 1}, true, {0, 0, 0}, 1, {false, true, false});
-    grad_w8 = resize_conv3d_transposed_to_phase(std::get<1>(grads));
+    // cuDNN wants the weight in the activations' dtype; only its shape matters here.
+    auto grads = at::convolution_backward(g, x, resize_conv3d_phase_to_transposed(w8).to(x.scalar_type()),
+                                          c10::nullopt, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, true, {0, 0, 0}, 1,
+                                          {false, true, false});
+    grad_w8 = resize_conv3d_transposed_to_phase(std::get<1>(grads)).to(w8_in.scalar_type());
   }
   return {grad_x, grad_w8, grad_b};
 }
