@@ -44,6 +44,15 @@ than the reference for a forward and backward at every Kwon et al. shape measure
 and ``cuda``, ``triton``, ``reference`` on a GPU (not measured yet: no GPU was at hand
 when this was written).
 
+Memory: autograd keeps ``x`` and the folded weights, plus, for the activation's
+derivative, a 1-byte mask ``y > 0`` (relu, leaky_relu) or the output ``y`` (tanh);
+the reference keeps the 8x upsampled input and the pre-activation output.
+
+Half precision (float16, bfloat16): the folded weights stay float32 (each is a sum of
+up to 8 weights; rounding them to half would add error eager PyTorch does not make);
+products and sums run in float32 and the output is rounded once. The cpu backend
+runs the whole op in float32 for half inputs.
+
 Gradients: every backend differentiates with respect to ``x``, ``weight`` and
 ``bias``. The first-order backward uses the backend's fast path; when the backward is
 itself recorded (``create_graph=True``, e.g. under a gradient penalty) it is computed
@@ -185,9 +194,7 @@ def _validate(
     if min(x.shape[1:]) == 0 or weight.shape[0] == 0:
         raise ValueError(f"resize_conv3d: empty channel or spatial size: x {tuple(x.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(
-            f"resize_conv3d: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}"
-        )
+        raise ValueError(f"resize_conv3d: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if activation not in _ACT_CODE:
         raise ValueError(f"resize_conv3d: unknown activation {activation!r}; choose one of {ACTIVATIONS}")
     if activation == "leaky_relu" and not negative_slope >= 0:
@@ -345,5 +352,10 @@ def resize_conv3d(
     half = x.dtype in (torch.float16, torch.bfloat16)
     w8 = fold_resize_conv_weight(weight.float() if half else weight)
     return _ResizeConv3dFn.apply(
-        x.contiguous(), w8.contiguous(), None if bias is None else bias.contiguous(), _ACT_CODE[activation], float(negative_slope), backend
+        x.contiguous(),
+        w8.contiguous(),
+        None if bias is None else bias.contiguous(),
+        _ACT_CODE[activation],
+        float(negative_slope),
+        backend,
     )

@@ -33,7 +33,7 @@ def test_from_conv_equals_upsample_then_conv(backend_device, activation, bias):
     gy = torch.randn_like(y)
     mine = torch.autograd.grad(y, [x, *layer.parameters()], gy)
     theirs = torch.autograd.grad(ref, [x, *conv.parameters()], gy)
-    for a, b in zip(mine, theirs):
+    for a, b in zip(mine, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 

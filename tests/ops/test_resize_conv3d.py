@@ -14,7 +14,6 @@ from brainkern.ops import (
     resize_conv3d_reference,
     use_backend,
 )
-from brainkern.ops import resize_conv3d as rc_module  # noqa: F401  (the function shadows the module name)
 from brainkern.ops.resize_conv3d import _DISPATCH, _phase_to_transposed, _transposed_to_phase
 
 ACTS = [None, "relu", "leaky_relu", "tanh"]
@@ -63,7 +62,7 @@ def test_matches_reference_float64(backend_device, shape, act, bias):
     assert y.shape == ref.shape and y.is_contiguous()
     torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-10)
     gy = torch.randn_like(ref)  # the same grad_output to both
-    for got, want in zip(_grads(y, (x, w, b), gy), _grads(ref, (x, w, b), gy)):
+    for got, want in zip(_grads(y, (x, w, b), gy), _grads(ref, (x, w, b), gy), strict=True):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
 
 
@@ -81,7 +80,7 @@ def test_matches_reference_float32(backend_device, act):
     want = _grads(ref, (x64, w64, b64), gy.double())
     # Sums of C_in * 27 (forward) up to N * 8DHW (weight gradient) float32 products of O(1).
     torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
-    for g, r in zip(got, want):
+    for g, r in zip(got, want, strict=True):
         torch.testing.assert_close(g.double(), r, atol=1e-4, rtol=1e-5)
 
 
@@ -105,7 +104,7 @@ def test_half_precision_within_twice_eager_error(backend_device, dtype):
     ref = resize_conv3d_reference(x64, w64, b64, "tanh")
     want = _grads(ref, (x64, w64, b64), gy.double())
     # One half-precision ulp of the largest value is the floor: both round to the same grid.
-    for mine, theirs, exact in zip((y, *got), (eager, *eager_g), (ref, *want)):
+    for mine, theirs, exact in zip((y, *got), (eager, *eager_g), (ref, *want), strict=True):
         ulp = exact.abs().max().item() * (2.0**-10 if dtype == torch.float16 else 2.0**-7)
         err = (mine.double() - exact).abs().max().item()
         eager_err = (theirs.double() - exact).abs().max().item()
@@ -123,7 +122,7 @@ def test_non_contiguous_input(backend_device):
     ref = resize_conv3d_reference(x, wt, b, "relu")
     torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-10)
     gy = torch.randn_like(ref).transpose(2, 4).contiguous().transpose(2, 4)  # non-contiguous grad too
-    for got, want in zip(_grads(y, (x, wt, b), gy), _grads(ref, (x, wt, b), gy)):
+    for got, want in zip(_grads(y, (x, wt, b), gy), _grads(ref, (x, wt, b), gy), strict=True):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
 
 
@@ -137,15 +136,18 @@ def test_recorded_backward_equals_fast_backward(backend_device, act):
     fast = _grads(y, (x, w, b), gy)
     y = _run(backend, x, w, b, act)
     recorded = _grads(y, (x, w, b), gy, create_graph=True)
-    for f, r in zip(fast, recorded):
+    for f, r in zip(fast, recorded, strict=True):
         torch.testing.assert_close(f, r.detach(), atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("act", ACTS, ids=str)
 def test_gradcheck_and_gradgradcheck(backend_device, act):
     backend, device = backend_device
+    if _interpreted(backend, device) and act in (None, "relu"):
+        pytest.skip("Triton interpreter: gradcheck on leaky_relu (the mask path) and tanh only")
     x, w, b = _inputs((1, 2, 2, 2, 3, 2), torch.float64, device)
-    # relu/leaky kinks: keep pre-activations away from 0 by a bias offset of the same sign.
+    # relu/leaky kinks: random pre-activations lie within gradcheck's 1e-6 step of 0 with
+    # negligible probability (and the seed is fixed). The interpreter uses the fast mode.
     fast = _interpreted(backend, device)
 
     def fn(x, w, b):
@@ -164,7 +166,7 @@ def test_double_backward_matches_reference_under_gradient_penalty(backend_device
         y = _run(use, x, w, b, "tanh")
         (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
         out.append(torch.autograd.grad(gx.square().sum(), (w, b)))
-    for got, want in zip(*out):
+    for got, want in zip(*out, strict=True):
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
 
 
@@ -175,7 +177,9 @@ def test_fold_helpers_reproduce_the_reference():
     n, c_out, (d, h, wd) = 2, 4, x.shape[2:]
     w8 = fold_resize_conv_weight(w)
     assert w8.shape == (2, 2, 2, 4, 3, 2, 2, 2)
-    conv = F.conv3d(x, w8.reshape(8 * c_out, 3, 2, 2, 2), padding=1).view(n, 2, 2, 2, c_out, d + 1, h + 1, wd + 1)
+    conv = F.conv3d(x, w8.reshape(8 * c_out, 3, 2, 2, 2), padding=1).view(
+        n, 2, 2, 2, c_out, d + 1, h + 1, wd + 1
+    )
     y = torch.empty_like(ref)
     for a in range(2):
         for b in range(2):
