@@ -69,6 +69,11 @@ def setup(provider: str, case, mode: str, device: torch.device, dtype=torch.floa
     b = torch.randn(c_out, generator=gen).to(device, dtype).requires_grad_()
     gy = torch.randn(n, c_out, 2 * d, 2 * d, 2 * d, generator=gen).to(device, dtype)
     fwd = _forward(provider)
+    # The output gradient comes in the memory format of the provider's output (channels-last for
+    # oneDNN's transposed convolution and brainkern's cpu backend), as the next layer's backward
+    # would hand it over.
+    with torch.no_grad():
+        gy = torch.empty_like(fwd(x, w, b)).copy_(gy)  # empty_like keeps the memory format
 
     # autograd.grad rather than .backward(): no .grad accumulation inside the timing.
     def full():

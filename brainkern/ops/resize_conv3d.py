@@ -21,16 +21,15 @@ backward). :func:`fold_resize_conv_weight` computes them. Equivalently the op is
 Backends (see :mod:`brainkern.ops._backend`):
 
 - ``reference``: ``act(conv3d(interpolate(x, 2, "nearest"), w, b, padding=1))``.
-- ``cpu``: the phase convolution through ATen (oneDNN) with the folded weights, then
-  one C++ pass that crops, interleaves the 8 phases and applies bias and activation.
-  Forward: ``conv3d(x, W8, padding=1)`` with ``8 * C_out`` output channels when the
-  low-resolution volume is large enough that its one-voxel halo costs little
-  (``(D+1)(H+1)(W+1) <= 1.45 DHW``, i.e. from about 8^3 up), else the folded
-  ``conv_transpose3d`` followed by an in-place bias + activation pass (measured on a
-  2-core x86 CPU: at 16^3 the phase form is 1.9x faster, at 4^3 the transposed one is
-  1.1x faster, at 8^3 they tie). Backward: one C++ pass for the activation derivative
-  and the bias gradient, then ATen's transposed-convolution backward on the folded
-  4x4x4 kernel for the input and weight gradients.
+- ``cpu``: the folded convolution through ATen (oneDNN) as the stride-2 transposed
+  convolution with the folded 4x4x4 kernel, which writes the interleaved output itself, with
+  the bias fused by oneDNN; then one C++ pass applies relu / leaky_relu and writes the 1-byte
+  mask the backward keeps (tanh uses ATen's vectorised ``tanh_``). Backward: one C++ pass for
+  the activation derivative, then ATen's transposed-convolution backward. Activations are
+  kept channels-last (the output is returned channels-last), oneDNN's fastest layout here.
+  Measured on a 2-core x86 CPU, the phase form (``conv3d(x, W8, padding=1)`` with
+  ``8 * C_out`` outputs, then a crop-and-interleave pass in C++) was 1.1-1.6x slower than
+  the transposed form at every Kwon et al. shape tried, so it is not used.
 - ``triton``: an implicit-GEMM kernel per (phase, tile of low-resolution voxels, tile
   of output channels) with the reduction over ``8 * C_in`` taps in ``tl.dot`` and the
   bias and activation in the epilogue, writing the interleaved output directly; the
@@ -168,7 +167,8 @@ def _phase_to_transposed(w8: torch.Tensor) -> torch.Tensor:
     """
     c_out, c_in = w8.shape[3], w8.shape[4]
     k = w8.permute(4, 3, 5, 0, 6, 1, 7, 2).reshape(c_in, c_out, 4, 4, 4)
-    return k.flip(2, 3, 4)
+    # Contiguous: ATen picks the convolution's memory format from the weight's strides too.
+    return k.flip(2, 3, 4).contiguous()
 
 
 def _transposed_to_phase(k4: torch.Tensor) -> torch.Tensor:
@@ -266,11 +266,13 @@ def _conv_grads(g: torch.Tensor, x: torch.Tensor, w8: torch.Tensor, need_x: bool
     return gx, (_transposed_to_phase(gk).to(w8.dtype) if need_w else None)
 
 
-def _forward(backend: str, x, w8, bias, act: int, slope: float) -> torch.Tensor:
+def _forward(backend: str, x, w8, bias, act: int, slope: float):
+    """``(y, mask)``: mask = ``y > 0`` (bool) for relu / leaky_relu, else unused."""
     if backend == "triton":
         from brainkern.kernels.resize_conv3d import resize_conv3d_fwd  # noqa: PLC0415
 
-        return resize_conv3d_fwd(x, w8, bias, act, slope)
+        y = resize_conv3d_fwd(x, w8, bias, act, slope)
+        return y, (y > 0 if act in (1, 2) else None)
     return _ext.op("resize_conv3d_fwd")(x, w8, bias, act, slope)
 
 
@@ -290,10 +292,10 @@ def _fast_backward(backend: str, grad_y, y, x, w8, act, slope, need_x, need_w, n
 class _ResizeConv3dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w8, bias, act: int, slope: float, backend: str):
-        y = _forward(backend, x, w8, bias, act, slope)
+        y, mask = _forward(backend, x, w8, bias, act, slope)
         # relu / leaky_relu need only the sign of y: keep a 1-byte mask instead of the output
         # (a quarter of float32, an eighth of float64); tanh' = 1 - y^2 needs y itself.
-        saved = None if act == 0 else (y if act == 3 else y > 0)
+        saved = None if act == 0 else (y if act == 3 else mask)
         ctx.save_for_backward(x, w8, saved)
         ctx.act, ctx.slope, ctx.backend, ctx.has_bias = act, slope, backend, bias is not None
         return y
@@ -310,7 +312,16 @@ class _ResizeConv3dFn(torch.autograd.Function):
             gb = g.sum((0, 2, 3, 4)) if need_b else None
         else:
             gx, gw, gb = _fast_backward(
-                ctx.backend, grad_y.contiguous(), y, x, w8, ctx.act, ctx.slope, need_x, need_w, need_b
+                ctx.backend,
+                grad_y if ctx.backend == "cpu" else grad_y.contiguous(),
+                y,
+                x,
+                w8,
+                ctx.act,
+                ctx.slope,
+                need_x,
+                need_w,
+                need_b,
             )
         return gx, gw, gb, None, None, None
 
@@ -335,7 +346,9 @@ def resize_conv3d(
         negative_slope: slope of ``"leaky_relu"`` for negative inputs (``>= 0``).
 
     Returns:
-        ``(N, C_out, 2D, 2H, 2W)``, contiguous, in ``x``'s dtype.
+        ``(N, C_out, 2D, 2H, 2W)`` in ``x``'s dtype; contiguous, except from the ``cpu``
+        backend, which returns it in ``torch.channels_last_3d`` memory format (oneDNN's
+        fastest; see the module docstring).
 
     Raises:
         ValueError: bad shapes (kernel not 3x3x3, channel mismatch, bias size, empty
@@ -351,8 +364,11 @@ def resize_conv3d(
     # and rounding it to half would add an error eager PyTorch does not make.
     half = x.dtype in (torch.float16, torch.bfloat16)
     w8 = fold_resize_conv_weight(weight.float() if half else weight)
+    # The cpu backend works channels-last (oneDNN's fastest layout); converting here means the
+    # saved x needs no second conversion in the backward.
+    layout = torch.channels_last_3d if backend == "cpu" else torch.contiguous_format
     return _ResizeConv3dFn.apply(
-        x.contiguous(),
+        x.contiguous(memory_format=layout),
         w8.contiguous(),
         None if bias is None else bias.contiguous(),
         _ACT_CODE[activation],

@@ -95,15 +95,19 @@ inline void resize_conv3d_check(const at::Tensor& x, const at::Tensor& w8, const
   }
 }
 
-at::Tensor resize_conv3d_fwd_cpu(const at::Tensor& x, const at::Tensor& w8, const c10::optional<at::Tensor>& bias,
-                                 int64_t act, double slope);
+// Returns (y, mask): mask = y > 0 (bool) for relu / leaky_relu, empty otherwise. The backward
+// takes that mask as y for relu / leaky_relu, the output y for tanh.
+std::tuple<at::Tensor, at::Tensor> resize_conv3d_fwd_cpu(const at::Tensor& x, const at::Tensor& w8,
+                                                         const c10::optional<at::Tensor>& bias, int64_t act,
+                                                         double slope);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cpu(
     const at::Tensor& grad_y, const c10::optional<at::Tensor>& y, const at::Tensor& x, const at::Tensor& w8,
     int64_t act, double slope, bool need_x, bool need_w, bool need_b);
 
 #ifdef WITH_CUDA
-at::Tensor resize_conv3d_fwd_cuda(const at::Tensor& x, const at::Tensor& w8,
-                                  const c10::optional<at::Tensor>& bias, int64_t act, double slope);
+std::tuple<at::Tensor, at::Tensor> resize_conv3d_fwd_cuda(const at::Tensor& x, const at::Tensor& w8,
+                                                          const c10::optional<at::Tensor>& bias, int64_t act,
+                                                          double slope);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cuda(
     const at::Tensor& grad_y, const c10::optional<at::Tensor>& y, const at::Tensor& x, const at::Tensor& w8,
     int64_t act, double slope, bool need_x, bool need_w, bool need_b);

@@ -39,8 +39,9 @@ void check_int32(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-at::Tensor resize_conv3d_fwd_cuda(const at::Tensor& x_in, const at::Tensor& w8_in,
-                                  const c10::optional<at::Tensor>& bias_opt, int64_t act, double slope) {
+std::tuple<at::Tensor, at::Tensor> resize_conv3d_fwd_cuda(const at::Tensor& x_in, const at::Tensor& w8_in,
+                                                          const c10::optional<at::Tensor>& bias_opt, int64_t act,
+                                                          double slope) {
   BK_CHECK_CUDA(x_in, "resize_conv3d: x");
   resize_conv3d_check(x_in, w8_in, bias_opt, act);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -64,7 +65,9 @@ at::Tensor resize_conv3d_fwd_cuda(const at::Tensor& x_in, const at::Tensor& w8_i
         static_cast<float>(slope), stream);
   });
   TORCH_CHECK(err == cudaSuccess, "resize_conv3d forward kernel failed: ", cudaGetErrorString(err));
-  return y;
+  // relu / leaky_relu: the backward keeps only the 1-byte mask y > 0.
+  at::Tensor mask = (act == 1 || act == 2) ? at::gt(y, 0) : at::empty({0}, y.options().dtype(at::kBool));
+  return {y, mask};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cuda(
@@ -90,12 +93,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cuda(
                 "resize_conv3d: the backward of an activation needs the forward output y (or the mask y > 0) of shape ",
                 shape_str(out_shape));
     const at::Tensor& y = *y_opt;  // relu/leaky_relu: may be the bool mask y > 0
-    if (act == 1) {
-      g = at::where(y.scalar_type() == at::kBool ? y : y > 0, g, at::zeros_like(g));
-    } else if (act == 2) {
-      g = at::where(y.scalar_type() == at::kBool ? y : y > 0, g, g * slope);
+    if (act == 1 || act == 2) {
+      // leaky_relu_backward reads only the sign of its "result" argument: the mask as 0/1 works.
+      g = at::leaky_relu_backward(g, y.to(g.scalar_type()), act == 1 ? 0.0 : slope, true);
     } else {
-      g = g * (1 - y * y);
+      g = at::tanh_backward(g, y);
     }
     g = g.contiguous();
   }
