@@ -346,9 +346,9 @@ def resize_conv3d(
         negative_slope: slope of ``"leaky_relu"`` for negative inputs (``>= 0``).
 
     Returns:
-        ``(N, C_out, 2D, 2H, 2W)`` in ``x``'s dtype; contiguous, except from the ``cpu``
-        backend, which returns it in ``torch.channels_last_3d`` memory format (oneDNN's
-        fastest; see the module docstring).
+        ``(N, C_out, 2D, 2H, 2W)`` in ``x``'s dtype; contiguous, except that the ``cpu``
+        backend may return it in ``torch.channels_last_3d`` memory format (oneDNN's fastest
+        layout, used for float32; see the module docstring).
 
     Raises:
         ValueError: bad shapes (kernel not 3x3x3, channel mismatch, bias size, empty
