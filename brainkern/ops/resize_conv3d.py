@@ -22,14 +22,15 @@ Backends (see :mod:`brainkern.ops._backend`):
 
 - ``reference``: ``act(conv3d(interpolate(x, 2, "nearest"), w, b, padding=1))``.
 - ``cpu``: the folded convolution through ATen (oneDNN) as the stride-2 transposed
-  convolution with the folded 4x4x4 kernel, which writes the interleaved output itself, with
-  the bias fused by oneDNN; then one C++ pass applies relu / leaky_relu and writes the 1-byte
-  mask the backward keeps (tanh uses ATen's vectorised ``tanh_``). Backward: one C++ pass for
-  the activation derivative, then ATen's transposed-convolution backward. Activations are
-  kept channels-last (the output is returned channels-last), oneDNN's fastest layout here.
-  Measured on a 2-core x86 CPU, the phase form (``conv3d(x, W8, padding=1)`` with
-  ``8 * C_out`` outputs, then a crop-and-interleave pass in C++) was 1.1-1.6x slower than
-  the transposed form at every Kwon et al. shape tried, so it is not used.
+  convolution with the folded 4x4x4 kernel (which writes the interleaved output itself),
+  the bias fused by oneDNN, then the activation in place and, for relu / leaky_relu, the
+  1-byte mask the backward keeps. Backward: the activation derivative from that mask (or
+  from y for tanh) and ATen's transposed-convolution backward. Measured on a 2-core x86
+  CPU, the phase form (``conv3d(x, W8, padding=1)`` with ``8 * C_out`` outputs, then our
+  own crop + interleave + bias + activation pass in C++) was 1.1-1.6x slower than the
+  transposed form at every Kwon et al. shape tried, channels-last activations were no
+  faster, and our scalar activation passes lost to ATen's vectorised kernels; so the C++
+  side orchestrates oneDNN and ATen instead of running its own loops.
 - ``triton``: an implicit-GEMM kernel per (phase, tile of low-resolution voxels, tile
   of output channels) with the reduction over ``8 * C_in`` taps in ``tl.dot`` and the
   bias and activation in the epilogue, writing the interleaved output directly; the
@@ -257,13 +258,20 @@ def _act_grad(grad_y: torch.Tensor, y: torch.Tensor | None, act: int, slope: flo
     return grad_y * (1 - y * y)
 
 
-def _conv_grads(g: torch.Tensor, x: torch.Tensor, w8: torch.Tensor, need_x: bool, need_w: bool):
-    """Input and folded-weight gradients of the phase convolution (differentiable ATen ops)."""
-    k4 = _phase_to_transposed(w8).to(g.dtype)  # float32 phase filters of half inputs: cast
+def _conv_grads(g: torch.Tensor, x: torch.Tensor, wf: torch.Tensor, need_x: bool, need_w: bool):
+    """Input and folded-weight gradients of the folded convolution (differentiable ATen ops).
+
+    ``wf``: the phase filters ``(2,2,2, C_out, C_in, 2,2,2)`` or the transposed kernel
+    ``(C_in, C_out, 4,4,4)``; the weight gradient comes back in the same layout.
+    """
+    phase = wf.dim() == 8
+    k4 = (_phase_to_transposed(wf) if phase else wf).to(g.dtype)  # float32 weights of half x: cast
     gx, gk, _ = torch.ops.aten.convolution_backward(
         g, x, k4, None, [2, 2, 2], [1, 1, 1], [1, 1, 1], True, [0, 0, 0], 1, [need_x, need_w, False]
     )
-    return gx, (_transposed_to_phase(gk).to(w8.dtype) if need_w else None)
+    if not need_w:
+        return gx, None
+    return gx, (_transposed_to_phase(gk) if phase else gk).to(wf.dtype)
 
 
 def _forward(backend: str, x, w8, bias, act: int, slope: float):
@@ -292,6 +300,7 @@ def _fast_backward(backend: str, grad_y, y, x, w8, act, slope, need_x, need_w, n
 class _ResizeConv3dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w8, bias, act: int, slope: float, backend: str):
+        # w8: folded weights, phase filters (triton, cuda) or the transposed kernel (cpu).
         y, mask = _forward(backend, x, w8, bias, act, slope)
         # relu / leaky_relu need only the sign of y: keep a 1-byte mask instead of the output
         # (a quarter of float32, an eighth of float64); tanh' = 1 - y^2 needs y itself.
@@ -346,9 +355,7 @@ def resize_conv3d(
         negative_slope: slope of ``"leaky_relu"`` for negative inputs (``>= 0``).
 
     Returns:
-        ``(N, C_out, 2D, 2H, 2W)`` in ``x``'s dtype; contiguous, except that the ``cpu``
-        backend may return it in ``torch.channels_last_3d`` memory format (oneDNN's fastest
-        layout, used for float32; see the module docstring).
+        ``(N, C_out, 2D, 2H, 2W)``, contiguous, in ``x``'s dtype.
 
     Raises:
         ValueError: bad shapes (kernel not 3x3x3, channel mismatch, bias size, empty
@@ -363,13 +370,17 @@ def resize_conv3d(
     # Half-precision inputs get float32 folded weights: each is a sum of up to 8 weights,
     # and rounding it to half would add an error eager PyTorch does not make.
     half = x.dtype in (torch.float16, torch.bfloat16)
-    w8 = fold_resize_conv_weight(weight.float() if half else weight)
-    # The cpu backend works channels-last (oneDNN's fastest layout); converting here means the
-    # saved x needs no second conversion in the backward.
-    layout = torch.channels_last_3d if backend == "cpu" else torch.contiguous_format
+    weight = weight.float() if half else weight
+    if backend == "cpu":
+        # The CPU path runs the transposed form: fold straight into its kernel (one small GEMM;
+        # an 8-D permutation of the phase filters per call cost as much as the convolution's
+        # backward at 256 -> 128 channels).
+        wf = fold_resize_conv_weight_transposed(weight).contiguous()
+    else:
+        wf = fold_resize_conv_weight(weight).contiguous()
     return _ResizeConv3dFn.apply(
-        x.contiguous(memory_format=layout),
-        w8.contiguous(),
+        x.contiguous(),
+        wf,
         None if bias is None else bias.contiguous(),
         _ACT_CODE[activation],
         float(negative_slope),

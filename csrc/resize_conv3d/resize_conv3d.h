@@ -3,7 +3,8 @@
 //
 // Shapes:
 //   x     (N, C_in, D, H, W)                  low-resolution input, contiguous
-//   w8    (2, 2, 2, C_out, C_in, 2, 2, 2)     phase filters [a, b, c, o, i, t, u, v], in x's dtype,
+//   w8    (2, 2, 2, C_out, C_in, 2, 2, 2)     phase filters [a, b, c, o, i, t, u, v] (the torch-side
+//         entry points also take the (C_in, C_out, 4, 4, 4) transposed kernel), in x's dtype,
 //         or float32 when x is float16/bfloat16 (folded sums of weights are not rounded to half):
 //         output voxel (2d+a, 2h+b, 2w+c) reads x[d+a-1+t, h+b-1+u, w+c-1+v]
 //         (zero outside the volume); brainkern.ops.fold_resize_conv_weight makes them
@@ -71,25 +72,43 @@ inline at::Tensor resize_conv3d_transposed_to_phase(const at::Tensor& k4) {
       .contiguous();
 }
 
+// The folded weights come in either layout: (2,2,2, C_out, C_in, 2,2,2) phase filters or the
+// (C_in, C_out, 4,4,4) transposed-convolution kernel (what the CPU path runs: the Python side
+// folds straight into it, avoiding an 8-D permutation per call). Gradients come back in the
+// layout given.
+inline int64_t resize_conv3d_c_out(const at::Tensor& w) { return w.dim() == 8 ? w.size(3) : w.size(1); }
+
+inline at::Tensor resize_conv3d_as_transposed(const at::Tensor& w) {
+  return w.dim() == 5 ? w : resize_conv3d_phase_to_transposed(w);
+}
+
+inline at::Tensor resize_conv3d_as_phase(const at::Tensor& w) {
+  return w.dim() == 8 ? w : resize_conv3d_transposed_to_phase(w);
+}
+
 // Boundary checks shared by the CPU and CUDA entry points.
-inline void resize_conv3d_check(const at::Tensor& x, const at::Tensor& w8, const c10::optional<at::Tensor>& bias,
+inline void resize_conv3d_check(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
                                 int64_t act) {
   BK_CHECK_DIM(x, 5, "resize_conv3d: x");
-  BK_CHECK_DIM(w8, 8, "resize_conv3d: folded weight w8");
   BK_CHECK_FLOAT(x, "resize_conv3d: x");
-  TORCH_CHECK(w8.size(0) == 2 && w8.size(1) == 2 && w8.size(2) == 2 && w8.size(5) == 2 && w8.size(6) == 2 &&
-                  w8.size(7) == 2 && w8.size(4) == x.size(1),
-              "resize_conv3d: w8 must have shape (2, 2, 2, C_out, C_in=", x.size(1), ", 2, 2, 2), got ",
-              shape_str(w8.sizes()));
+  const int64_t c_in = x.size(1);
+  const bool phase = w.dim() == 8 && w.size(0) == 2 && w.size(1) == 2 && w.size(2) == 2 && w.size(4) == c_in &&
+                     w.size(5) == 2 && w.size(6) == 2 && w.size(7) == 2;
+  const bool transposed =
+      w.dim() == 5 && w.size(0) == c_in && w.size(2) == 4 && w.size(3) == 4 && w.size(4) == 4;
+  TORCH_CHECK(phase || transposed, "resize_conv3d: folded weights must have shape (2, 2, 2, C_out, C_in=", c_in,
+              ", 2, 2, 2) or (C_in=", c_in, ", C_out, 4, 4, 4), got ", shape_str(w.sizes()));
   const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(w8.scalar_type() == x.scalar_type() || (half && w8.scalar_type() == at::kFloat), "resize_conv3d: w8 is ",
-              w8.scalar_type(), " but x is ", x.scalar_type(), " (w8 must match x, or be float32 for half x)");
-  TORCH_CHECK(w8.device() == x.device(), "resize_conv3d: w8 is on ", w8.device(), " but x is on ", x.device());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() || (half && w.scalar_type() == at::kFloat),
+              "resize_conv3d: folded weights are ", w.scalar_type(), " but x is ", x.scalar_type(),
+              " (they must match x, or be float32 for half x)");
+  TORCH_CHECK(w.device() == x.device(), "resize_conv3d: folded weights are on ", w.device(), " but x is on ",
+              x.device());
   TORCH_CHECK(act >= 0 && act <= 3, "resize_conv3d: activation code must be 0..3, got ", act);
   if (bias.has_value() && bias->defined()) {
+    const int64_t c_out = resize_conv3d_c_out(w);
     BK_CHECK_DIM(*bias, 1, "resize_conv3d: bias");
-    TORCH_CHECK(bias->size(0) == w8.size(3), "resize_conv3d: bias must have ", w8.size(3), " entries, got ",
-                bias->size(0));
+    TORCH_CHECK(bias->size(0) == c_out, "resize_conv3d: bias must have ", c_out, " entries, got ", bias->size(0));
     TORCH_CHECK(bias->scalar_type() == x.scalar_type() && bias->device() == x.device(),
                 "resize_conv3d: bias must match x's dtype and device");
   }

@@ -39,14 +39,14 @@ void check_int32(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> resize_conv3d_fwd_cuda(const at::Tensor& x_in, const at::Tensor& w8_in,
+std::tuple<at::Tensor, at::Tensor> resize_conv3d_fwd_cuda(const at::Tensor& x_in, const at::Tensor& w_in,
                                                           const c10::optional<at::Tensor>& bias_opt, int64_t act,
                                                           double slope) {
   BK_CHECK_CUDA(x_in, "resize_conv3d: x");
-  resize_conv3d_check(x_in, w8_in, bias_opt, act);
+  resize_conv3d_check(x_in, w_in, bias_opt, act);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
-  const at::Tensor w8 = weights_in_acc_type(w8_in, x_in);
+  const at::Tensor w8 = weights_in_acc_type(resize_conv3d_as_phase(w_in), x_in);
   const bool has_bias = bias_opt.has_value() && bias_opt->defined();
   const at::Tensor bias = has_bias ? bias_opt->contiguous() : at::Tensor();
   const int64_t n = x.size(0), c_in = x.size(1), d = x.size(2), h = x.size(3), w = x.size(4);
@@ -72,13 +72,13 @@ std::tuple<at::Tensor, at::Tensor> resize_conv3d_fwd_cuda(const at::Tensor& x_in
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cuda(
     const at::Tensor& grad_y_in, const c10::optional<at::Tensor>& y_opt, const at::Tensor& x_in,
-    const at::Tensor& w8_in, int64_t act, double slope, bool need_x, bool need_w, bool need_b) {
+    const at::Tensor& w_in, int64_t act, double slope, bool need_x, bool need_w, bool need_b) {
   BK_CHECK_CUDA(x_in, "resize_conv3d: x");
   BK_CHECK_CUDA(grad_y_in, "resize_conv3d: grad_y");
-  resize_conv3d_check(x_in, w8_in, c10::nullopt, act);
+  resize_conv3d_check(x_in, w_in, c10::nullopt, act);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
-  const at::Tensor w8 = weights_in_acc_type(w8_in, x_in);
+  const at::Tensor w8 = weights_in_acc_type(resize_conv3d_as_phase(w_in), x_in);
   const int64_t n = x.size(0), c_in = x.size(1), d = x.size(2), h = x.size(3), w = x.size(4);
   const int64_t c_out = w8.size(3);
   const std::vector<int64_t> out_shape{n, c_out, 2 * d, 2 * h, 2 * w};
@@ -123,7 +123,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> resize_conv3d_bwd_cuda(
     auto grads = at::convolution_backward(g, x, resize_conv3d_phase_to_transposed(w8).to(x.scalar_type()),
                                           c10::nullopt, {2, 2, 2}, {1, 1, 1}, {1, 1, 1}, true, {0, 0, 0}, 1,
                                           {false, true, false});
-    grad_w8 = resize_conv3d_transposed_to_phase(std::get<1>(grads)).to(w8_in.scalar_type());
+    grad_w8 = w_in.dim() == 5 ? std::get<1>(grads) : resize_conv3d_transposed_to_phase(std::get<1>(grads));
+    grad_w8 = grad_w8.to(w_in.scalar_type());
   }
   return {grad_x, grad_w8, grad_b};
 }
