@@ -39,10 +39,13 @@ Backends (see :mod:`brainkern.ops._backend`):
 - ``cuda``: a shared-memory tiled direct phase convolution with the fused epilogue, a
   matching input-gradient kernel, the weight gradient through ATen (cuDNN).
 
-``auto`` picks ``cpu`` then ``reference`` on the CPU (the cpu backend was 4-5x faster
-than the reference for a forward and backward at every Kwon et al. shape measured),
-and ``cuda``, ``triton``, ``reference`` on a GPU (not measured yet: no GPU was at hand
-when this was written).
+``auto`` picks ``cpu`` then ``reference`` on the CPU, for every shape: for a forward and
+backward on a 2-core x86 CPU the cpu backend was 3.0x faster than the reference at
+N=2, 64 -> 32 channels, 16^3 and at N=4, 256 -> 128, 8^3, and 1.4x at N=4, 512 -> 256,
+4^3 (where the weights, not the activations, dominate). On a GPU it picks ``cuda``,
+``triton``, ``reference`` in that order: that order is not measured yet (no GPU was at
+hand when this was written), and cuDNN's transposed convolution may well beat both
+kernels; ``benchmarks/bench_resize_conv3d.py`` is the place to settle it.
 
 Memory: autograd keeps ``x`` and the folded weights, plus, for the activation's
 derivative, a 1-byte mask ``y > 0`` (relu, leaky_relu) or the output ``y`` (tanh);
@@ -58,7 +61,8 @@ Gradients: every backend differentiates with respect to ``x``, ``weight`` and
 itself recorded (``create_graph=True``, e.g. under a gradient penalty) it is computed
 with differentiable PyTorch ops instead (the activation derivative from the saved
 output, and ATen's ``convolution_backward`` on the folded kernel, which has its own
-derivative), so double backward is exact on every backend.
+derivative), so double backward is exact on every backend. (``relu`` / ``leaky_relu``
+derivatives are piecewise constant, so the saved mask serves the double backward too.)
 """
 
 from __future__ import annotations
