@@ -13,6 +13,12 @@ from brainkern.ops.pixel_shuffle3d import (
     pixel_unshuffle3d,
     pixel_unshuffle3d_reference,
 )
+from brainkern.ops.resize_conv3d import (
+    fold_resize_conv_weight,
+    fold_resize_conv_weight_transposed,
+    resize_conv3d,
+    resize_conv3d_reference,
+)
 from brainkern.ops.spectral_norm import spectral_norm_step, spectral_norm_step_reference, spectral_normalize
 
 __all__ = [
@@ -20,6 +26,8 @@ __all__ = [
     "BackendError",
     "backends",
     "conv3d_gradfix",
+    "fold_resize_conv_weight",
+    "fold_resize_conv_weight_transposed",
     "forced_backend",
     "gradient_penalty",
     "gradient_penalty_reference",
@@ -32,6 +40,8 @@ __all__ = [
     "pixel_shuffle3d_reference",
     "pixel_unshuffle3d",
     "pixel_unshuffle3d_reference",
+    "resize_conv3d",
+    "resize_conv3d_reference",
     "spectral_norm_step",
     "spectral_norm_step_reference",
     "spectral_normalize",
