@@ -88,8 +88,10 @@ def _need_bytes(provider: str, tests: int, batch: int, dim: int, mode: str) -> i
     total = data * (3 if mode == "full" else 1)  # inputs, plus their gradients and a temporary
     if provider == "broadcast-rbf":
         rows = 2 * batch
-        # The difference tensor and its square, alive together; kept for backward in "full".
-        total += (2 if mode == "forward" else 3) * rows * rows * dim * 4
+        per_test = rows * rows * dim * 4
+        # The difference tensor and its square are alive together for the test in hand; in
+        # "full" mode every test's difference tensor is also kept for the backward.
+        total += 2 * per_test + (tests * per_test if mode == "full" else 0)
     return total
 
 
