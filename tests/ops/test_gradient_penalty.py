@@ -318,6 +318,20 @@ def test_spectral_norm_discriminator(conv):
     _assert_same_penalty(D, real, torch.randn_like(real), 1e-9, eps=torch.rand(3, dtype=torch.float64))
 
 
+def test_brainkern_spectral_norm_discriminator():
+    """brainkern's own SN layers (power iteration in the forward, W / sigma with its custom backward)."""
+    D = nn.Sequential(
+        bnn.SNConv3d(1, 4, 3, 2, 1),
+        nn.LeakyReLU(0.2),
+        bnn.SNConv3d(4, 8, 3, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        bnn.SNLinear(8 * 2 * 2 * 2, 1),
+    ).double()
+    real = torch.randn(3, 1, 8, 8, 8, dtype=torch.float64)
+    _assert_same_penalty(D, real, torch.randn_like(real), 1e-9, eps=torch.rand(3, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("conv", [nn.Conv3d, bnn.Conv3d], ids=["nn.Conv3d", "brainkern.Conv3d"])
 def test_checkpointed_discriminator(conv):
     D = KwonDiscriminator(conv, checkpointed=True).double()
