@@ -42,6 +42,14 @@ _FOREVER = -1
 class _SpectralNormMixin:
     """Buffers ``u`` (out,), ``v`` (in,), ``sigma`` () and the weight ``W / sigma`` for a layer."""
 
+    # The torch layer after this mixin in the MRO takes the usual arguments.
+    def __init__(self, *args, n_power_iterations: int = 1, eps: float = 1e-12, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_spectral_norm(n_power_iterations, eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self._sn_repr()}"
+
     weight: nn.Parameter
     u: torch.Tensor
     v: torch.Tensor
@@ -114,15 +122,8 @@ class SNConv3d(_SpectralNormMixin, nn.Conv3d):
         ValueError: ``n_power_iterations <= 0`` or ``eps <= 0``.
     """
 
-    def __init__(self, *args, n_power_iterations: int = 1, eps: float = 1e-12, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_spectral_norm(n_power_iterations, eps)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self._sn_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._sn_repr()}"
 
 
 class SNConv2d(_SpectralNormMixin, nn.Conv2d):
@@ -135,15 +136,8 @@ class SNConv2d(_SpectralNormMixin, nn.Conv2d):
         ValueError: ``n_power_iterations <= 0`` or ``eps <= 0``.
     """
 
-    def __init__(self, *args, n_power_iterations: int = 1, eps: float = 1e-12, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_spectral_norm(n_power_iterations, eps)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self._sn_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._sn_repr()}"
 
 
 class SNLinear(_SpectralNormMixin, nn.Linear):
@@ -157,15 +151,8 @@ class SNLinear(_SpectralNormMixin, nn.Linear):
         ValueError: ``n_power_iterations <= 0`` or ``eps <= 0``.
     """
 
-    def __init__(self, *args, n_power_iterations: int = 1, eps: float = 1e-12, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_spectral_norm(n_power_iterations, eps)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self._sn_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._sn_repr()}"
 
 
 @torch.no_grad()
