@@ -98,7 +98,41 @@ cudaError_t norm_backward_cuda(const scalar_t* dpen, const scalar_t* grad, const
 
 #include <tuple>
 
+#include "common.h"
+
 namespace brainkern {
+
+// Boundary checks shared by the CPU and CUDA entry points (the device check is each
+// file's own).
+namespace gp {
+
+// Elements per sample of a (B, ...) tensor with B >= 1.
+inline int64_t per_sample(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(0) >= 1, name, " must have a batch dimension of size >= 1, got shape ",
+              shape_str(x.sizes()));
+  return x.numel() / x.size(0);
+}
+
+inline void check_batch_tensor(const at::Tensor& x, const char* name) {
+  BK_CHECK_FLOAT(x, name);
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+  per_sample(x, name);
+}
+
+inline void check_eps(const at::Tensor& eps, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(eps.dim() == 1 && eps.size(0) == x.size(0), name, " must have shape [", x.size(0),
+              "] (one value per sample), got ", shape_str(eps.sizes()));
+  TORCH_CHECK(eps.scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(), ", got ",
+              eps.scalar_type());
+  TORCH_CHECK(eps.device() == x.device(), name, " must be on ", x.device(), ", got ", eps.device());
+}
+
+inline void check_mode(int64_t mode) {
+  TORCH_CHECK(mode == kTwoSided || mode == kOneSided || mode == kR1,
+              "gradient penalty mode must be 0 (two-sided), 1 (one-sided) or 2 (r1), got ", mode);
+}
+
+}  // namespace gp
 
 at::Tensor gradient_penalty_interp_cpu(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& eps);
 std::tuple<at::Tensor, at::Tensor> gradient_penalty_interp_backward_cpu(const at::Tensor& g,

@@ -37,34 +37,13 @@ cuda_t<T>* out_ptr(at::Tensor& t) {
   return reinterpret_cast<cuda_t<T>*>(t.mutable_data_ptr<T>());
 }
 
-int64_t per_sample(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() >= 1 && x.size(0) >= 1, name, " must have a batch dimension of size >= 1, got shape ",
-              shape_str(x.sizes()));
-  return x.numel() / x.size(0);
-}
-
 void check_batch_tensor(const at::Tensor& x, const char* name) {
   BK_CHECK_CUDA(x, name);
-  BK_CHECK_FLOAT(x, name);
-  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
-  per_sample(x, name);
+  gp::check_batch_tensor(x, name);
 }
 
 void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* name) {
   TORCH_CHECK(t.device() == x.device(), name, " must be on ", x.device(), ", got ", t.device());
-}
-
-void check_eps(const at::Tensor& eps, const at::Tensor& x, const char* name) {
-  TORCH_CHECK(eps.dim() == 1 && eps.size(0) == x.size(0), name, " must have shape [", x.size(0),
-              "] (one value per sample), got ", shape_str(eps.sizes()));
-  TORCH_CHECK(eps.scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(), ", got ",
-              eps.scalar_type());
-  check_same_device(eps, x, name);
-}
-
-void check_mode(int64_t mode) {
-  TORCH_CHECK(mode == gp::kTwoSided || mode == gp::kOneSided || mode == gp::kR1,
-              "gradient penalty mode must be 0 (two-sided), 1 (one-sided) or 2 (r1), got ", mode);
 }
 
 void check_launch(cudaError_t err, const char* what) {
@@ -81,11 +60,11 @@ at::Tensor gradient_penalty_interp_cuda(const at::Tensor& real, const at::Tensor
               shape_str(real.sizes()), " and ", shape_str(fake.sizes()));
   TORCH_CHECK(real.scalar_type() == fake.scalar_type(), "real and fake must have the same dtype, got ",
               real.scalar_type(), " and ", fake.scalar_type());
-  check_eps(eps, real, "eps");
+  gp::check_eps(eps, real, "eps");
   const c10::cuda::CUDAGuard guard(real.device());
   const at::Tensor e = eps.contiguous();
   at::Tensor out = at::empty_like(real);
-  const int64_t B = real.size(0), N = per_sample(real, "real");
+  const int64_t B = real.size(0), N = gp::per_sample(real, "real");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gradient_penalty_interp_cuda", [&] {
     check_launch(gp::interp_cuda(in_ptr<scalar_t>(real), in_ptr<scalar_t>(fake), in_ptr<scalar_t>(e),
@@ -98,12 +77,12 @@ at::Tensor gradient_penalty_interp_cuda(const at::Tensor& real, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> gradient_penalty_interp_backward_cuda(const at::Tensor& g,
                                                                          const at::Tensor& eps) {
   check_batch_tensor(g, "grad");
-  check_eps(eps, g, "eps");
+  gp::check_eps(eps, g, "eps");
   const c10::cuda::CUDAGuard guard(g.device());
   const at::Tensor e = eps.contiguous();
   at::Tensor grad_real = at::empty_like(g);
   at::Tensor grad_fake = at::empty_like(g);
-  const int64_t B = g.size(0), N = per_sample(g, "grad");
+  const int64_t B = g.size(0), N = gp::per_sample(g, "grad");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty_interp_backward_cuda", [&] {
     check_launch(gp::interp_backward_cuda(in_ptr<scalar_t>(g), in_ptr<scalar_t>(e), out_ptr<scalar_t>(grad_real),
@@ -116,9 +95,9 @@ std::tuple<at::Tensor, at::Tensor> gradient_penalty_interp_backward_cuda(const a
 std::tuple<at::Tensor, at::Tensor> gradient_penalty_norm_cuda(const at::Tensor& grad, double weight,
                                                               double center, int64_t mode) {
   check_batch_tensor(grad, "grad");
-  check_mode(mode);
+  gp::check_mode(mode);
   const c10::cuda::CUDAGuard guard(grad.device());
-  const int64_t B = grad.size(0), N = per_sample(grad, "grad");
+  const int64_t B = grad.size(0), N = gp::per_sample(grad, "grad");
   const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor norms = at::empty({B}, grad.options().dtype(acc_type));
   at::Tensor penalty = at::empty({}, grad.options());
@@ -138,13 +117,13 @@ at::Tensor gradient_penalty_norm_backward_cuda(const at::Tensor& dpen, const at:
                                                const at::Tensor& norms, double weight, double center,
                                                int64_t mode) {
   check_batch_tensor(grad, "grad");
-  check_mode(mode);
+  gp::check_mode(mode);
   check_same_device(dpen, grad, "dpen");
   check_same_device(norms, grad, "norms");
   TORCH_CHECK(dpen.numel() == 1, "dpen must hold one value, got shape ", shape_str(dpen.sizes()));
   TORCH_CHECK(dpen.scalar_type() == grad.scalar_type(), "dpen must have dtype ", grad.scalar_type(), ", got ",
               dpen.scalar_type());
-  const int64_t B = grad.size(0), N = per_sample(grad, "grad");
+  const int64_t B = grad.size(0), N = gp::per_sample(grad, "grad");
   const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(norms.dim() == 1 && norms.size(0) == B, "norms must have shape [", B, "], got ",
               shape_str(norms.sizes()));
