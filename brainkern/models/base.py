@@ -24,6 +24,8 @@ class GenerativeModel(nn.Module):
     """A generator with the networks that train it, and a standard-normal latent prior.
 
     A container: it has no ``forward``; the training engine calls its networks.
+    Build one with :func:`brainkern.models.build_model`, which sets ``name`` and
+    ``config`` from the registry entry and its resolved keyword arguments.
 
     Attributes:
         generator: ``z (N, latent_dim) -> x (N, 1, D, H, W)``.

@@ -389,7 +389,7 @@ def alpha_gan(
     code_hidden: int = 4096,
 ) -> GenerativeModel:
     """Kwon et al.'s alpha-GAN baseline (Rosca et al. 2017): the alpha-WGAN-GP networks
-    trained with the standard (non-saturating) GAN loss."""
+    trained with the standard (cross-entropy) GAN loss."""
     return _alpha(
         "alpha-gan", "standard", shape, latent_dim, width, checkpoint, gradfix, negative_slope, code_hidden
     )
