@@ -1,26 +1,41 @@
 """Metrics and reports for synthetic brain volumes.
 
-The picture functions import matplotlib only when called, so importing
-``brainkern.evaluate`` stays cheap.
+- :func:`ms_ssim3d` (``ms_ssim``): 3D multi-scale SSIM;
+- :func:`batch_mmd2`, :func:`ms_ssim_diversity`, :func:`matched_noise`,
+  :func:`generation_table`, :func:`format_table` (``generation``): Kwon et al.'s
+  Table 1 (seed 001);
+- :func:`triplanar_mosaic`, :func:`loss_curves` (``pictures``): PNG pictures;
+- ``run``: the evaluation and pictures of a training run;
+  ``python -m brainkern.evaluate RUN_DIR`` on the command line.
+
+Submodules load on first use, so ``import brainkern.evaluate`` (and the command
+line's ``--help``) needs neither torch nor matplotlib.
 """
 
-from brainkern.evaluate.generation import (
-    batch_mmd2,
-    format_table,
-    generation_table,
-    matched_noise,
-    ms_ssim_diversity,
-)
-from brainkern.evaluate.ms_ssim import ms_ssim3d
-from brainkern.evaluate.pictures import loss_curves, triplanar_mosaic
+from __future__ import annotations
 
-__all__ = [
-    "batch_mmd2",
-    "format_table",
-    "generation_table",
-    "loss_curves",
-    "matched_noise",
-    "ms_ssim3d",
-    "ms_ssim_diversity",
-    "triplanar_mosaic",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "batch_mmd2": "generation",
+    "format_table": "generation",
+    "generation_table": "generation",
+    "loss_curves": "pictures",
+    "matched_noise": "generation",
+    "ms_ssim3d": "ms_ssim",
+    "ms_ssim_diversity": "generation",
+    "triplanar_mosaic": "pictures",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"brainkern.evaluate.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'brainkern.evaluate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

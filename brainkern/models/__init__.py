@@ -13,6 +13,6 @@ and their baselines ``alpha-gan``, ``wgan-gp`` and ``vae-gan``
 # ``kwon`` registers its models on import (it imports the registry itself).
 from brainkern.models import kwon
 from brainkern.models.base import GenerativeModel
-from brainkern.models.registry import build_model, model_names, register_model
+from brainkern.models.registry import build_model, model_names, model_parameters, register_model
 
-__all__ = ["GenerativeModel", "build_model", "kwon", "model_names", "register_model"]
+__all__ = ["GenerativeModel", "build_model", "kwon", "model_names", "model_parameters", "register_model"]

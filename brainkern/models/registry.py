@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from brainkern.models.base import GenerativeModel
 
-__all__ = ["build_model", "model_names", "register_model"]
+__all__ = ["build_model", "model_names", "model_parameters", "register_model"]
 
 _REGISTRY: dict[str, Callable[..., GenerativeModel]] = {}
 
@@ -40,6 +40,19 @@ def register_model(name: str) -> Callable[[F], F]:
 def model_names() -> list[str]:
     """The registered model names, sorted."""
     return sorted(_REGISTRY)
+
+
+def model_parameters(name: str) -> list[str]:
+    """The keyword arguments the registered model ``name`` accepts.
+
+    Raises:
+        ValueError: unknown model name.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(model_names())}")
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in kinds]
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,438 @@
+"""The training engine: one readable loop around a recipe, and the run directory.
+
+A run directory holds::
+
+    config.yaml          the resolved configuration (rerun with --config)
+    run.json             versions, device, command, seed, start time
+    metrics.jsonl        one JSON object per logged step ({"iter": ..., "loss_d": ...})
+    checkpoints/last.pt  the latest state (atomic writes); best.pt: lowest check MMD^2
+    samples/             NIfTI volumes on the data set's grid (its affine)
+    pictures/            PNG mosaics and loss curves (written by callbacks)
+
+Resuming (``Trainer(..., resume=True)``) restores the model, the optimisers, the
+batch order and every random generator, so a resumed run computes what the
+uninterrupted run would have (bit for bit on the CPU). SIGINT and SIGTERM finish
+the current iteration, write a checkpoint and raise :class:`Interrupted`; a
+non-finite loss raises :class:`Diverged` before anything is written, so the last
+good checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brainkern.train import config as config_mod
+from brainkern.train.data import Batches, load_dataset, training_indices
+from brainkern.train.recipes import Recipe, make_recipe
+from brainkern.train.state import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+
+# MMD tests of B=8 generated vs real volumes at each check: cheap, and stable enough to
+# pick the best checkpoint.
+_CHECK_TESTS = 2
+
+
+class Interrupted(RuntimeError):
+    """The run was stopped by SIGINT/SIGTERM after writing a checkpoint."""
+
+
+class Diverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class Callback:
+    """Hooks the engine calls; pictures and reports plug in here (see ``brainkern.evaluate.run``)."""
+
+    def on_start(self, trainer: Trainer) -> None: ...
+
+    def on_check(self, trainer: Trainer, it: int) -> None: ...
+
+    def on_end(self, trainer: Trainer) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but this PyTorch sees no CUDA device")
+    return device
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def versions(device: torch.device) -> dict[str, Any]:
+    """What produced a run: package versions, commit, device."""
+    import numpy
+
+    from brainkern import _ext
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "brainkern_commit": _git_commit(),
+        "extension": _ext.extension_status(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def build_run_model(cfg: dict[str, Any], device: torch.device, log=None):
+    """The model a configuration describes, on ``device`` (weights from ``cfg["seed"]``).
+
+    Keys of the ``model`` section that the chosen model does not take (a preset's
+    ``code_hidden`` after ``--model wgan-gp``) are left out, with a note to ``log``.
+    """
+    from brainkern.models import build_model, model_parameters
+
+    model_cfg = dict(cfg["model"])
+    name = model_cfg.pop("name")
+    model_cfg.setdefault("checkpoint", bool(cfg["train"]["checkpoint"]))
+    model_cfg.setdefault("gradfix", bool(cfg["train"]["gradfix"]))
+    accepted = model_parameters(name)
+    unused = sorted(k for k in model_cfg if k not in accepted)
+    if unused and log is not None:
+        log(f"note: {name} does not take model.{', model.'.join(unused)}; left out")
+    model_cfg = {k: v for k, v in model_cfg.items() if k in accepted}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"])
+        model = build_model(name, shape=tuple(cfg["data"]["shape"]), **model_cfg)
+    return model.to(device)
+
+
+def load_run(run_dir: str | os.PathLike, which: str = "last", device: str = "auto"):
+    """The trained model of a run directory, for sampling and evaluation.
+
+    Args:
+        run_dir: a run directory written by :class:`Trainer`.
+        which: ``"last"`` or ``"best"`` checkpoint.
+        device: where to put the model (``"auto"``: CUDA when there is one).
+
+    Returns:
+        ``(model, cfg, checkpoint)``: the model in eval mode, the run's configuration,
+        and the checkpoint dict (``"iter"``, ``"affine"`` of the training grid, ...).
+
+    Raises:
+        FileNotFoundError: not a run directory, or no such checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml: not a brainkern run directory")
+    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt")
+    cfg = ckpt["config"]
+    dev = resolve_device(device)
+    model = build_run_model(cfg, dev)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, cfg, ckpt
+
+
+class Trainer:
+    """Trains the model of a configuration, writing a run directory.
+
+    Args:
+        cfg: a resolved configuration (:func:`brainkern.train.config.resolve`).
+        run_dir: the run directory (created).
+        resume: continue from ``run_dir/checkpoints/last.pt``; ``cfg`` may raise
+            ``train.iters`` to train longer.
+        progress: show the progress bar (and cohort/preprocessing bars).
+        callbacks: :class:`Callback` objects (pictures, evaluation).
+        log: where to print messages (``None`` for silence).
+
+    Raises:
+        FileNotFoundError: ``resume`` without a checkpoint.
+    """
+
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        run_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        callbacks: Sequence[Callback] = (),
+        log=print,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.log = log or (lambda *a, **k: None)
+        self.device = resolve_device(cfg["train"]["device"])
+        if cfg["train"].get("threads"):
+            torch.set_num_threads(int(cfg["train"]["threads"]))
+        ckpt = None
+        if resume:
+            ckpt = load_checkpoint(self.checkpoint_path("last"))
+        seed_everything(cfg["seed"])
+
+        self.dataset = load_dataset(cfg["data"], progress=progress)
+        self.indices = training_indices(self.dataset, cfg["data"]["classes"])
+        self.model = build_run_model(cfg, self.device, log=self.log)
+        self.recipe: Recipe = make_recipe(self.model, cfg["train"], self.device)
+        data = cfg["data"]
+        self.batches = Batches(
+            self.dataset.volumes,
+            self.indices,
+            cfg["train"]["batch_size"],
+            seed=cfg["seed"],
+            flip=bool(data["flip"]),
+            intensity=tuple(data["intensity"]) if data["intensity"] else None,
+            device=self.device,
+        )
+        self.iteration = 0  # iterations completed
+        self.best: dict[str, Any] = {"iter": None, "check_mmd2": math.inf}
+        self.elapsed = 0.0  # training seconds over all sessions of the run
+        if ckpt is not None:
+            self._restore(ckpt)
+        self._stop_signal: int | None = None
+
+    # ---------------------------------------------------------------- run directory
+
+    def checkpoint_path(self, which: str = "last") -> Path:
+        return self.run_dir / "checkpoints" / f"{which}.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _prepare_run_dir(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(config_mod.dump(self.cfg))
+        info = {
+            "seed": self.cfg["seed"],
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "resumed_from_iter": self.iteration or None,
+            "versions": versions(self.device),
+            "data": {
+                "n_volumes": len(self.dataset),
+                "n_training": len(self.indices),
+                "classes": self.dataset.classes,
+                "shape": list(self.dataset.shape),
+                "preprocessing": self.dataset.config,
+            },
+            "parameters": self.model.parameter_counts(),
+        }
+        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        # Steps logged after the checkpoint we resume from never happened in this history.
+        if self.metrics_path.exists():
+            kept = []
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    if json.loads(line)["iter"] <= self.iteration:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue
+            self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "iter": self.iteration,
+            "model": self.model.state_dict(),
+            "model_config": self.model.config,
+            "optimizers": self.recipe.state_dict(),
+            "batches": self.batches.state_dict(),
+            "rng": rng_state(),
+            "best": dict(self.best),
+            "elapsed": self.elapsed,
+            "config": self.cfg,
+            "affine": self.dataset.affine.tolist(),
+        }
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.recipe.load_state_dict(ckpt["optimizers"])
+        self.batches.load_state_dict(ckpt["batches"])
+        self.iteration = int(ckpt["iter"])
+        self.best = dict(ckpt["best"])
+        self.elapsed = float(ckpt.get("elapsed", 0.0))
+        self._resume_rng = ckpt["rng"]
+
+    def save(self, which: str = "last") -> Path:
+        """Write the current state to ``checkpoints/<which>.pt`` (atomically)."""
+        return save_checkpoint(self._state(), self.checkpoint_path(which))
+
+    def save_samples(self, n: int, folder: str | os.PathLike | None = None, *, seed: int = 0) -> list[Path]:
+        """``n`` generated volumes as NIfTI on the data set's grid (``samples/sample_###.nii.gz``)."""
+        folder = Path(folder) if folder is not None else self.run_dir / "samples"
+        gen = torch.Generator().manual_seed(seed)
+        volumes = self.model.sample(
+            n, generator=gen, batch_size=self.cfg["train"]["batch_size"], device=self.device
+        )
+        return [
+            self.dataset.save(v[0].numpy(), folder / f"sample_{i:03d}.nii.gz") for i, v in enumerate(volumes)
+        ]
+
+    # ---------------------------------------------------------------- checks
+
+    def check(self) -> float:
+        """Linear batch MMD^2 between fixed-latent samples and fixed real volumes
+        (up to 2 tests of B=8; the best checkpoint is the lowest)."""
+        from brainkern.ops import mmd2_batched
+
+        b = min(8, len(self.indices))
+        tests = max(1, min(_CHECK_TESTS, len(self.indices) // b))
+        gen = torch.Generator().manual_seed(self.cfg["seed"] + 1)
+        fake = self.model.sample(tests * b, generator=gen, batch_size=b, device=self.device)
+        pick = self.indices[torch.randperm(len(self.indices), generator=gen)[: tests * b].numpy()]
+        real = torch.from_numpy(np.asarray(self.dataset.volumes[np.sort(pick)], dtype=np.float32))
+        return float(mmd2_batched(real.view(tests, b, -1), fake.view(tests, b, -1)).mean())
+
+    # ---------------------------------------------------------------- signals
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        def handler(signum, frame):  # noqa: ARG001
+            if self._stop_signal is not None:  # a second signal: stop now (checkpoints are atomic)
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self.log(
+                f"\n{signal.Signals(signum).name}: finishing iteration {self.iteration + 1}, then saving"
+            )
+
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    # ---------------------------------------------------------------- the loop
+
+    def fit(self) -> Path:
+        """Train until ``train.iters``; returns the run directory.
+
+        Raises:
+            Interrupted: SIGINT/SIGTERM (a checkpoint was written first).
+            Diverged: a NaN or infinite loss (nothing written for that iteration).
+        """
+        from tqdm import tqdm
+
+        cfg, tcfg, lcfg = self.cfg, self.cfg["train"], self.cfg["log"]
+        self._prepare_run_dir()
+        self.log(
+            f"model {self.model.name} on {self.device} | grid {tuple(cfg['data']['shape'])} | "
+            f"{len(self.indices)} training volumes | batch {tcfg['batch_size']} | seed {cfg['seed']}"
+        )
+        self.log(self.model.describe())
+        for cb in self.callbacks:
+            cb.on_start(self)
+        if hasattr(self, "_resume_rng"):
+            set_rng_state(self._resume_rng)
+            del self._resume_rng
+            self.log(f"resumed at iteration {self.iteration} from {self.checkpoint_path('last')}")
+        else:
+            # Data loading may or may not have drawn random numbers (a cached cohort does
+            # not): start every fresh run from the same state.
+            seed_everything(self.cfg["seed"])
+
+        self.model.train()
+        total = int(tcfg["iters"])
+        sums: dict[str, torch.Tensor] = {}
+        count, window_start = 0, time.perf_counter()
+        bar = tqdm(
+            total=total, initial=self.iteration, disable=not self.progress, unit="it", dynamic_ncols=True
+        )
+        with self._signals(), bar, open(self.metrics_path, "a") as metrics:
+            while self.iteration < total:
+                start = time.perf_counter()
+                real = next(self.batches)
+                losses = self.recipe.step(real)
+                values = torch.stack([v.float() for v in losses.values()])
+                if not bool(torch.isfinite(values).all()):
+                    bad = [k for k, v in losses.items() if not math.isfinite(float(v))]
+                    last = self.checkpoint_path("last")
+                    kept = (
+                        f"the last good checkpoint is {last}"
+                        if last.exists()
+                        else "no checkpoint was written yet"
+                    )
+                    raise Diverged(
+                        f"{', '.join(bad)} became non-finite at iteration {self.iteration + 1} "
+                        f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())}); {kept}. "
+                        "Try a lower train.lr, train.amp=off, or a different seed."
+                    )
+                self.iteration += 1
+                self.elapsed += time.perf_counter() - start
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v.float()
+                count += 1
+                bar.update(1)
+
+                if self.iteration % lcfg["every"] == 0 or self.iteration == total:
+                    now = time.perf_counter()
+                    record = {"iter": self.iteration, "time": round(self.elapsed, 3)}
+                    record.update({k: float(v) / count for k, v in sums.items()})
+                    record["it_per_s"] = count / max(now - window_start, 1e-9)
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    bar.set_postfix(
+                        {k: f"{v:.3g}" for k, v in record.items() if k.startswith(("loss", "gp"))}
+                    )
+                    sums, count, window_start = {}, 0, now
+
+                if self.iteration % lcfg["picture_every"] == 0 or self.iteration == total:
+                    value = self.check()
+                    metrics.write(json.dumps({"iter": self.iteration, "check_mmd2": value}) + "\n")
+                    metrics.flush()
+                    for cb in self.callbacks:
+                        cb.on_check(self, self.iteration)
+                    if value < self.best["check_mmd2"]:
+                        self.best = {"iter": self.iteration, "check_mmd2": value}
+                        self.save("best")
+
+                if self.iteration % lcfg["checkpoint_every"] == 0 or self.iteration == total:
+                    self.save("last")
+                if self._stop_signal is not None:
+                    path = self.save("last")
+                    name = signal.Signals(self._stop_signal).name
+                    raise Interrupted(
+                        f"{name} at iteration {self.iteration}: checkpoint written to {path}; "
+                        f"continue with --resume {self.run_dir}"
+                    )
+
+        where = self.run_dir / "checkpoints"
+        self.log(f"trained {self.iteration} iterations in {self.elapsed:.1f} s; checkpoints in {where}")
+        if lcfg["n_samples"]:
+            paths = self.save_samples(int(lcfg["n_samples"]))
+            self.log(f"{len(paths)} sample volumes (NIfTI) in {paths[0].parent}")
+        for cb in self.callbacks:
+            cb.on_end(self)
+        return self.run_dir

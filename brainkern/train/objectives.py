@@ -1,0 +1,81 @@
+"""Adversarial and auxiliary losses shared by the training recipes.
+
+Each adversarial loss is written for one discriminator (critic) and any number of
+fake sets, because alpha-GANs (Rosca et al. 2017; Kwon et al. 2019, seed 001)
+show the image discriminator two kinds of fakes, reconstructions ``G(E(x))`` and
+samples ``G(z)``: the real term is counted once per fake set, so that with
+``wgan-gp`` the discriminator loss is Kwon et al.'s
+``E[D(G(z_e))] + E[D(G(z_r))] - 2 E[D(x)]`` (their eq. 1, penalty aside).
+
+- ``"wgan-gp"``: the Wasserstein critic loss (Arjovsky et al. 2017) with the gradient
+  penalty added by the recipe (Gulrajani et al. 2017);
+- ``"standard"``: the non-saturating GAN loss (Goodfellow et al. 2014), written with
+  ``softplus`` on logits (numerically safe);
+- ``"hinge"``: the hinge loss of SN-GANs (Miyato et al. 2018; King et al., seed 003).
+
+Discriminator outputs are ``(N, 1)`` or ``(N,)`` logits / critic values; losses are
+0-d tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("wgan-gp", "standard", "hinge")
+
+
+def _check(loss: str) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"unknown adversarial loss {loss!r}; choose one of {LOSSES}")
+
+
+def discriminator_loss(loss: str, real: torch.Tensor, fakes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The discriminator's (critic's) loss for real outputs and one or more fake sets.
+
+    Args:
+        loss: ``"wgan-gp"``, ``"standard"`` or ``"hinge"``.
+        real: ``D(x)`` for real samples, ``(N, ...)``.
+        fakes: ``D(x_fake)`` for each fake set.
+
+    Raises:
+        ValueError: unknown loss or no fake set.
+    """
+    _check(loss)
+    if not fakes:
+        raise ValueError("discriminator_loss needs at least one fake set")
+    k = len(fakes)
+    if loss == "wgan-gp":
+        return sum(f.float().mean() for f in fakes) - k * real.float().mean()
+    if loss == "standard":
+        return k * F.softplus(-real.float()).mean() + sum(F.softplus(f.float()).mean() for f in fakes)
+    return k * F.relu(1 - real.float()).mean() + sum(F.relu(1 + f.float()).mean() for f in fakes)
+
+
+def generator_loss(loss: str, fakes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The generator's (or encoder's, against a code discriminator) adversarial loss.
+
+    Raises:
+        ValueError: unknown loss or no fake set.
+    """
+    _check(loss)
+    if not fakes:
+        raise ValueError("generator_loss needs at least one fake set")
+    if loss == "standard":
+        return sum(F.softplus(-f.float()).mean() for f in fakes)
+    # WGAN and hinge generators both maximise the critic's value of their samples.
+    return -sum(f.float().mean() for f in fakes)
+
+
+def l1_reconstruction(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between volumes and their reconstructions (Kwon et al. eq. 2)."""
+    return (x.float() - x_rec.float()).abs().mean()
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, exp(logvar)) || N(0, I))``, summed over latent dimensions and
+    averaged over the batch; ``mu``, ``logvar`` of shape ``(N, L)``."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1).mean()

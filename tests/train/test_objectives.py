@@ -1,0 +1,70 @@
+"""The adversarial losses against their textbook formulas."""
+
+import math
+
+import pytest
+import torch
+
+from brainkern.train.objectives import (
+    discriminator_loss,
+    generator_loss,
+    kl_standard_normal,
+    l1_reconstruction,
+)
+
+
+@pytest.fixture
+def outputs():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(5, 1, generator=g, dtype=torch.float64)
+    fakes = [torch.randn(5, 1, generator=g, dtype=torch.float64) for _ in range(2)]
+    return real, fakes
+
+
+def test_wgan_matches_kwon_eq1(outputs):
+    real, (rec, rand) = outputs
+    # Kwon et al. eq. 1 without the penalty: E[D(G(z_e))] + E[D(G(z_r))] - 2 E[D(x)].
+    expected = rec.mean() + rand.mean() - 2 * real.mean()
+    assert torch.allclose(discriminator_loss("wgan-gp", real, [rec, rand]), expected.float())
+    assert torch.allclose(generator_loss("wgan-gp", [rec, rand]), -(rec.mean() + rand.mean()).float())
+
+
+def test_standard_is_binary_cross_entropy(outputs):
+    real, fakes = outputs
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = sum(bce(real, torch.ones_like(real)) + bce(f, torch.zeros_like(f)) for f in fakes)
+    assert torch.allclose(discriminator_loss("standard", real, fakes), expected.float(), atol=1e-6)
+    expected_g = sum(bce(f, torch.ones_like(f)) for f in fakes)
+    assert torch.allclose(generator_loss("standard", fakes), expected_g.float(), atol=1e-6)
+
+
+def test_standard_is_finite_for_large_logits():
+    big = torch.tensor([[1e4], [-1e4]])
+    assert math.isfinite(float(discriminator_loss("standard", big, [-big])))
+    assert math.isfinite(float(generator_loss("standard", [big])))
+
+
+def test_hinge(outputs):
+    real, fakes = outputs
+    expected = sum(torch.relu(1 - real).mean() + torch.relu(1 + f).mean() for f in fakes)
+    assert torch.allclose(discriminator_loss("hinge", real, fakes), expected.float())
+    assert torch.allclose(generator_loss("hinge", fakes), -sum(f.mean() for f in fakes).float())
+
+
+def test_l1_and_kl():
+    x, y = torch.zeros(2, 1, 2, 2, 2), torch.full((2, 1, 2, 2, 2), 0.5)
+    assert float(l1_reconstruction(x, y)) == pytest.approx(0.5)
+    mu, logvar = torch.zeros(3, 4), torch.zeros(3, 4)
+    assert float(kl_standard_normal(mu, logvar)) == 0.0
+    # KL(N(1, 1) || N(0, 1)) = 1/2 per dimension.
+    assert float(kl_standard_normal(torch.ones(3, 4), logvar)) == pytest.approx(2.0)
+
+
+def test_errors(outputs):
+    real, fakes = outputs
+    with pytest.raises(ValueError, match="unknown adversarial loss"):
+        discriminator_loss("lsgan", real, fakes)
+    with pytest.raises(ValueError, match="at least one fake"):
+        discriminator_loss("hinge", real, [])
+    with pytest.raises(ValueError, match="at least one fake"):
+        generator_loss("standard", [])
