@@ -39,3 +39,17 @@ BRAINKERN_BENCH_MD="$OUT/bench.md" python3 -m pytest -q -p no:cacheprovider benc
     >"$OUT/bench.log" 2>&1
 echo "benchmarks exit $?"
 tail -n 40 "$OUT/bench.log"
+
+# Kwon et al.'s alpha-WGAN-GP at 64^3 (the paper's recipe), with and without gradient
+# checkpointing: time per iteration and peak memory from the run's metrics and run.json.
+# GPU_TRAIN_ITERS=0 skips it; needs nibabel/nilearn/pyyaml (in .whl/ if missing).
+ITERS="${GPU_TRAIN_ITERS:-300}"
+if [ "$ITERS" -gt 0 ]; then
+    for ckpt in false true; do
+        BRAINKERN_CACHE="$OUT/cache" python3 -m brainkern.train --preset kwon2019-alpha-wgan-gp --iters "$ITERS" \
+            --out "$OUT/train-ckpt-$ckpt" --quiet --set train.checkpoint=$ckpt --set log.picture_every=100 \
+            >"$OUT/train-ckpt-$ckpt.log" 2>&1
+        echo "train checkpoint=$ckpt exit $?"
+        tail -n 12 "$OUT/train-ckpt-$ckpt.log"
+    done
+fi

@@ -110,6 +110,15 @@ def versions(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory so far: allocated on a CUDA device, resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
+
+
 def build_run_model(cfg: dict[str, Any], device: torch.device, log=None):
     """The model a configuration describes, on ``device`` (weights from ``cfg["seed"]``).
 
@@ -401,6 +410,7 @@ class Trainer:
                     record = {"iter": self.iteration, "time": round(self.elapsed, 3)}
                     record.update({k: float(v) / count for k, v in sums.items()})
                     record["it_per_s"] = count / max(now - window_start, 1e-9)
+                    record["peak_mem_gib"] = round(peak_memory_gib(self.device), 4)
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                     bar.set_postfix(

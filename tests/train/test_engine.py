@@ -80,6 +80,38 @@ def test_every_model_trains(model, tmp_path):
     assert x.shape == (2, 1, 16, 16, 16) and float(x.abs().max()) <= 1.0
 
 
+@pytest.mark.parametrize("loss", ["standard", "hinge"])
+def test_other_adversarial_losses_train(loss, tmp_path):
+    cfg = tiny("wgan-gp", iters=2, loss=loss)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=None)
+    trainer.fit()
+    records = [r for r in _metrics(tmp_path / "run") if "loss_d" in r]
+    assert len(records) == 2 and all(r["gp_d"] == 0 for r in records)
+    if loss == "standard":  # softplus terms are positive
+        assert all(r["loss_d"] > 0 and r["loss_g"] > 0 for r in records)
+
+
+def test_non_cubic_grid_on_the_fmri_cohort(tmp_path):
+    cfg = tiny("alpha-wgan-gp", iters=2)
+    cfg["data"].update(cohort="fmri", shape=[16, 32, 16], cohort_shape=None, n_per_class=2)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=None)
+    trainer.fit()
+    assert trainer.dataset.classes == ["auditory", "language", "motor", "visual"]
+    img = nib.load(tmp_path / "run" / "samples" / "sample_000.nii.gz")
+    assert img.shape == (16, 32, 16)
+    np.testing.assert_allclose(img.affine, trainer.dataset.affine)
+
+
+def test_gradient_checkpointing_trains_the_same_weights(tmp_path):
+    plain = Trainer(tiny(iters=3), tmp_path / "plain", progress=False, log=None)
+    plain.fit()
+    ckpt = Trainer(tiny(iters=3, checkpoint=True), tmp_path / "ckpt", progress=False, log=None)
+    assert ckpt.model.generator.checkpoint and ckpt.model.discriminator.checkpoint
+    ckpt.fit()
+    for (name, a), b in zip(plain.model.state_dict().items(), ckpt.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     whole = Trainer(tiny(), tmp_path / "whole", progress=False, log=None)
     whole.fit()
