@@ -245,7 +245,7 @@ class Trainer:
             "seed": self.cfg["seed"],
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "resumed_from_iter": self.iteration or None,
+            "resumed_from_iter": self.iteration,
             "versions": versions(self.device),
             "data": {
                 "n_volumes": len(self.dataset),
@@ -256,7 +256,14 @@ class Trainer:
             },
             "parameters": self.model.parameter_counts(),
         }
-        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        path = self.run_dir / "run.json"
+        if self.iteration and path.is_file():  # a resumed run keeps its first record
+            first = json.loads(path.read_text())
+            first.setdefault("resumes", []).append(
+                {k: info[k] for k in ("command", "started", "resumed_from_iter", "versions")}
+            )
+            info = first
+        path.write_text(json.dumps(info, indent=2, default=str) + "\n")
         # Steps logged after the checkpoint we resume from never happened in this history.
         if self.metrics_path.exists():
             kept = []

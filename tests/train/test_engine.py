@@ -273,3 +273,6 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["iter"] == state["iter"] + 2
+    info = json.loads((run / "run.json").read_text())
+    assert info["resumed_from_iter"] == 0 and info["resumes"][0]["resumed_from_iter"] == state["iter"]
+    assert info["versions"]["torch"] == torch.__version__ and info["seed"] == 0
