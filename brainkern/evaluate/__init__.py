@@ -26,6 +26,7 @@ _EXPORTS = {
     "ms_ssim3d": "ms_ssim",
     "ms_ssim_diversity": "generation",
     "triplanar_mosaic": "pictures",
+    "voxel_sd": "generation",
 }
 
 __all__ = sorted(_EXPORTS)

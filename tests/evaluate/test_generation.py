@@ -13,6 +13,7 @@ from brainkern.evaluate import (
     matched_noise,
     ms_ssim3d,
     ms_ssim_diversity,
+    voxel_sd,
 )
 from brainkern.evaluate import generation as gen
 
@@ -226,10 +227,14 @@ def test_generation_table_ranks_candidates():
     # Every candidate is measured against the same real draws as batch_mmd2 alone.
     alone = batch_mmd2(real, candidates["good"], n_tests=12, batch_size=4, seed=0)
     assert by["good"]["mmd2"] == alone["mmd2"]
+    # The voxel-wise spread: 0 for a collapsed set, the data's own for real-like sets.
+    assert by["collapsed"]["voxel_sd"] == pytest.approx(0.0, abs=1e-6)
+    assert by["constant"]["voxel_sd"] == pytest.approx(0.0, abs=1e-6)
+    assert by["good"]["voxel_sd"] == pytest.approx(by["real"]["voxel_sd"], rel=0.3)
 
     table = format_table(rows)
     lines = table.splitlines()
-    assert lines[0] == "| model | MMD^2 | MMD^2/voxel | MS-SSIM |"
+    assert lines[0] == "| model | MMD^2 | MMD^2/voxel | MS-SSIM | voxel SD |"
     assert len(lines) == 2 + len(rows)
     assert lines[-1].startswith("| real | ") and "±" in lines[-1]
 
@@ -257,5 +262,16 @@ def test_format_table_numbers():
         "mmd2_per_voxel": 0.000123456,
         "ms_ssim": 0.84567,
         "ms_ssim_std": 0.01234,
+        "voxel_sd": 0.11745,
     }
-    assert format_table([row]).splitlines()[-1] == "| m | 1235 ± 12.35 | 0.0001235 | 0.846 ± 0.012 |"
+    last = format_table([row]).splitlines()[-1]
+    assert last == "| m | 1235 ± 12.35 | 0.0001235 | 0.846 ± 0.012 | 0.117 |"
+
+
+def test_voxel_sd_matches_numpy():
+    vols = _cohort(9, 3)
+    expected = vols.double().numpy().std(axis=0).mean()
+    assert voxel_sd(vols) == pytest.approx(expected, rel=1e-9)
+    assert voxel_sd(vols.numpy()[:, 0]) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="at least 2"):
+        voxel_sd(vols[:1])
