@@ -359,7 +359,8 @@ def resize_conv3d(
         negative_slope: slope of ``"leaky_relu"`` for negative inputs (``>= 0``).
 
     Returns:
-        ``(N, C_out, 2D, 2H, 2W)``, contiguous, in ``x``'s dtype.
+        ``(N, C_out, 2D, 2H, 2W)``, contiguous, in ``x``'s dtype (under autocast: in
+        the autocast dtype, inputs and parameters cast to it as for ``conv3d``).
 
     Raises:
         ValueError: bad shapes (kernel not 3x3x3, channel mismatch, bias size, empty
@@ -367,6 +368,15 @@ def resize_conv3d(
         TypeError: non-floating or mismatched dtypes.
         BackendError: the forced backend cannot run this input.
     """
+    device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    if torch.is_autocast_enabled(device_type):
+        # Under autocast, cast the way autocast casts conv3d (a lower-precision op), then
+        # run with autocast off so the reference path does not cast a second time.
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return resize_conv3d(x, weight, bias, activation, negative_slope)
     _validate(x, weight, bias, activation, negative_slope)
     backend = _DISPATCH.select(x.device, x, weight, bias, activation, negative_slope)
     if backend == "reference":

@@ -244,3 +244,19 @@ def test_forced_backend_that_cannot_run_lists_reasons():
         if torch.cuda.is_available():
             pytest.skip("cuda can run CPU inputs' check only without a GPU")
         resize_conv3d(x, torch.randn(4, 3, 3, 3, 3))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_autocast_casts_like_conv3d(backend):
+    # Under autocast a float32 layer takes lower-precision activations (a generator's
+    # Linear and BatchNorm give bf16): the op casts like conv3d instead of refusing.
+    x, wt, b = _inputs((2, 3, 4, 3, 4, 3), torch.float32, "cpu")
+    with use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = resize_conv3d(x.bfloat16(), wt, b, "relu")
+        expected = F.relu(F.conv3d(F.interpolate(x, scale_factor=2, mode="nearest"), wt, b, padding=1))
+    assert out.dtype == torch.bfloat16 == expected.dtype
+    exact = resize_conv3d_reference(x.double(), wt.double(), b.double(), "relu")
+    eager_err = (expected.double() - exact).abs().max()
+    assert (out.double() - exact).abs().max() <= 2 * eager_err + 1e-2
+    out.float().sum().backward()
+    assert wt.grad is not None and wt.grad.dtype == torch.float32 and b.grad.dtype == torch.float32

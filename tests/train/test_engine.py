@@ -91,6 +91,17 @@ def test_other_adversarial_losses_train(loss, tmp_path):
         assert all(r["loss_d"] > 0 and r["loss_g"] > 0 for r in records)
 
 
+def test_bf16_autocast_trains(tmp_path):
+    # The GPU default (train.amp=auto -> bf16 on CUDA), exercised here through CPU autocast.
+    trainer = Trainer(tiny(iters=2, amp="bf16"), tmp_path / "run", progress=False, log=None)
+    assert trainer.recipe.amp_dtype is torch.bfloat16
+    trainer.fit()
+    records = [r for r in _metrics(tmp_path / "run") if "loss_d" in r]
+    assert len(records) == 2
+    assert all(math.isfinite(v) for r in records for k, v in r.items() if k.startswith(("loss", "gp")))
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
 def test_non_cubic_grid_on_the_fmri_cohort(tmp_path):
     cfg = tiny("alpha-wgan-gp", iters=2)
     cfg["data"].update(cohort="fmri", shape=[16, 32, 16], cohort_shape=None, n_per_class=2)
@@ -180,6 +191,12 @@ def test_help_is_fast_and_imports_no_torch():
     assert time.perf_counter() - start < 10
 
 
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
 def _write_tiny_config(tmp_path: Path, **train) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(config.dump(tiny(**train)))
@@ -221,6 +238,17 @@ def test_cli_train_sample_evaluate(tmp_path):
     (run / "evaluation.json").unlink()
     assert evaluate_main([str(run), "--quiet", "--pairs", "4"]) == 0
     assert json.loads((run / "evaluation.json").read_text())["rows"]
+
+    # Your own data: a labels table through --data (here the cohort's own table).
+    from brainkern.train.data import cohort_table
+
+    table = cohort_table(tiny()["data"], progress=False)
+    mine = tmp_path / "mine"
+    argv = ["--config", str(cfg_path), "--data", str(table), "--iters", "2", "--out", str(mine), "--quiet"]
+    assert train_main([*argv, "--no-evaluate", "--set", "log.n_samples=1"]) == 0
+    assert yaml_load(mine / "config.yaml")["data"]["table"] == str(table)
+    assert yaml_load(mine / "config.yaml")["data"]["cohort"] is None
+    assert len(list((mine / "samples").glob("*.nii.gz"))) == 1
 
     # An existing run is not overwritten; a bad run directory is a clear error.
     with pytest.raises(SystemExit):
