@@ -139,13 +139,29 @@ def load_volume(path: str | os.PathLike, index: int | None = None, nan_policy: s
     return Volume(data=data, affine=affine, header=img.header, path=path)
 
 
+def _file_mode() -> int:
+    # What open() would give a new file: 0o666 less the umask (read without changing it
+    # where the platform allows; os.umask is the portable fallback).
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary name in ``path``'s folder; on success move it onto ``path``.
 
     The parent folders are created. The temporary file keeps ``suffix`` (for
-    writers that choose a format from the name, e.g. ``.nii.gz``). On error the
-    temporary file is removed and ``path`` is left untouched.
+    writers that choose a format from the name, e.g. ``.nii.gz``). The file gets the
+    permissions a plain ``open`` would give it (``mkstemp``'s are owner-only). On
+    error the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +170,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

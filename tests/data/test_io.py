@@ -128,3 +128,22 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_volume(np.zeros((3, 4, 5)), np.eye(4), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.nii.gz"]
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    # mkstemp makes owner-only files; volumes, checkpoints and pictures must not stay so.
+    import os
+    import stat
+
+    from brainkern.data.io import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.bin") as tmp:
+            tmp.write_bytes(b"x")
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.bin").stat().st_mode)
+    assert mode == stat.S_IMODE(plain.stat().st_mode) == 0o644
