@@ -239,6 +239,7 @@ def _ms_ssim_diversity(
     vols: _Volumes,
     n_pairs: int,
     data_range: float,
+    low: float,
     seed: int,
     batch_size: int,
     device: torch.device,
@@ -255,7 +256,7 @@ def _ms_ssim_diversity(
             b = vols.take(j[start : start + batch_size], device)
             if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
                 raise ValueError(f"{vols.name} holds NaN or infinite values")
-            values.append(ms_ssim3d(a, b, data_range).cpu())
+            values.append(ms_ssim3d(a, b, data_range, low=low).cpu())
             del a, b
             if tick is not None:
                 tick()
@@ -268,6 +269,7 @@ def ms_ssim_diversity(
     *,
     n_pairs: int = 1000,
     data_range: float = 2.0,
+    low: float = -1.0,
     seed: int = 0,
     batch_size: int = 50,
     device: torch.device | str | None = None,
@@ -281,6 +283,7 @@ def ms_ssim_diversity(
         volumes: ``(N, 1, D, H, W)`` or ``(N, D, H, W)``, ``N >= 2``, each side >= 7.
         n_pairs: number of pairs (Kwon et al.: 1000).
         data_range: intensity range of the data (2 for volumes scaled to [-1, 1]).
+        low: the bottom of that range (-1 for [-1, 1]); see :func:`ms_ssim3d`.
         seed: seeds the pair draws.
         batch_size: pairs compared at once (bounds memory: ``2 * batch_size`` volumes).
         device: where the arithmetic runs (default CPU).
@@ -297,9 +300,8 @@ def ms_ssim_diversity(
     batch_size = _check_count("batch_size", batch_size)
     if not data_range > 0:
         raise ValueError(f"data_range must be positive, got {data_range!r}")
-    return _ms_ssim_diversity(
-        _Volumes(volumes, "volumes"), n_pairs, float(data_range), seed, batch_size, _device(device)
-    )
+    vols = _Volumes(volumes, "volumes")
+    return _ms_ssim_diversity(vols, n_pairs, float(data_range), float(low), seed, batch_size, _device(device))
 
 
 def matched_noise(real: VolumesLike, n: int, *, seed: int = 0) -> torch.Tensor:
@@ -386,6 +388,7 @@ def generation_table(
     batch_size: int = 8,
     n_pairs: int = 1000,
     data_range: float = 2.0,
+    low: float = -1.0,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
@@ -400,7 +403,7 @@ def generation_table(
         candidates: name -> generated volumes on the same grid (e.g. a model's
             samples, :func:`matched_noise`, a baseline).
         n_tests, batch_size: as :func:`batch_mmd2`.
-        n_pairs, data_range: as :func:`ms_ssim_diversity`.
+        n_pairs, data_range, low: as :func:`ms_ssim_diversity`.
         seed: seeds every draw.
         device: where the arithmetic runs (default CPU).
         progress: show a tqdm bar (one step per chunk of tests or pairs).
@@ -464,10 +467,10 @@ def generation_table(
             describe(f"{name}: MMD^2")
             mmd = _batch_mmd2(real_v, vols, n_tests, batch_size, seed, dev, tick)
             describe(f"{name}: MS-SSIM")
-            div = _ms_ssim_diversity(vols, n_pairs, data_range, seed, 50, dev, tick)
+            div = _ms_ssim_diversity(vols, n_pairs, data_range, low, seed, 50, dev, tick)
             rows.append(_row(name, mmd, div, _voxel_sd(vols)))
         describe("real: MS-SSIM")
-        div = _ms_ssim_diversity(real_v, n_pairs, data_range, seed, 50, dev, tick)
+        div = _ms_ssim_diversity(real_v, n_pairs, data_range, low, seed, 50, dev, tick)
         if halves:
             describe("real: MMD^2 of halves")
             perm = torch.randperm(len(real_v), generator=_generator(seed + 1)).numpy()

@@ -66,6 +66,7 @@ def ms_ssim3d(
     b: torch.Tensor,
     data_range: float,
     *,
+    low: float = 0.0,
     win_size: int = 7,
     sigma: float = 1.5,
     weights: Sequence[float] | None = None,
@@ -78,6 +79,11 @@ def ms_ssim3d(
         a, b: (N, C, D, H, W) volumes (C is usually 1); computed in float32, or
             float64 if either input is float64.
         data_range: the intensity range of the data (2 for [-1, 1], 1 for [0, 1]).
+        low: the bottom of that range; inputs are shifted by ``-low`` first, because
+            SSIM's luminance term ``(2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1)`` assumes
+            non-negative intensities (for [-1, 1] data it turns negative wherever the
+            local means differ in sign, at every tissue boundary). Pass ``low=-1`` for
+            volumes scaled to [-1, 1].
         win_size: side of the Gaussian window (odd).
         sigma: its standard deviation in voxels.
         weights: exponents per scale, finest first. ``None``: Wang et al.'s five,
@@ -115,7 +121,7 @@ def ms_ssim3d(
             f"hold a {win_size}-voxel window at only {fit} scales"
         )
     dtype = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
-    a, b = a.to(dtype), b.to(dtype)
+    a, b = a.to(dtype) - low, b.to(dtype) - low
     g = _gaussian(win_size, sigma, dtype, a.device)
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     result = torch.ones(a.shape[0], dtype=dtype, device=a.device)

@@ -67,6 +67,7 @@ def evaluate_model(
         batch_size=int(ecfg["mmd_batch"]),
         n_pairs=int(ecfg["ms_ssim_pairs"]),
         data_range=2.0,
+        low=-1.0,
         seed=seed,
         progress=progress,
     )

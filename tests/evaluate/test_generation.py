@@ -144,7 +144,7 @@ def test_ms_ssim_diversity_of_independent_noise_is_low():
 def test_ms_ssim_diversity_never_pairs_a_volume_with_itself():
     # Two unrelated volumes: every allowed pair scores ms_ssim3d(a, b); a self-pair would score 1.
     pair = torch.randn(2, 1, *GRID, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
-    expected = float(ms_ssim3d(pair[:1], pair[1:], 2.0))
+    expected = float(ms_ssim3d(pair[:1], pair[1:], 2.0, low=-1.0))
     out = ms_ssim_diversity(pair, n_pairs=64, batch_size=16)
     assert expected < 0.5
     assert out["ms_ssim"] == pytest.approx(expected, abs=1e-5)
@@ -222,8 +222,9 @@ def test_generation_table_ranks_candidates():
     assert by["noise"]["ms_ssim"] < by["good"]["ms_ssim"]
     # Real halves: 8 volumes a side at batch 4, finite and as small as a good candidate.
     assert math.isfinite(by["real"]["mmd2"]) and by["real"]["mmd2"] < by["noise"]["mmd2"] / 5
-    # Diverse sets stay clearly below the collapsed one's 1.
-    assert by["good"]["ms_ssim"] < 0.95 and by["real"]["ms_ssim"] < 0.95
+    # Varied sets stay below the collapsed one's 1 (these stand-ins differ only in global
+    # scale, offset and noise, so on the shifted [0, 2] scale they are still very alike).
+    assert by["good"]["ms_ssim"] < 0.995 and by["real"]["ms_ssim"] < 0.995
     # Every candidate is measured against the same real draws as batch_mmd2 alone.
     alone = batch_mmd2(real, candidates["good"], n_tests=12, batch_size=4, seed=0)
     assert by["good"]["mmd2"] == alone["mmd2"]

@@ -96,3 +96,22 @@ def test_errors():
         ms_ssim3d(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16), 1.0, weights=[0.2] * 5)
     with pytest.raises(ValueError, match="odd"):
         ms_ssim3d(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16), 1.0, win_size=6)
+
+
+def test_low_shifts_signed_data_to_start_at_zero():
+    a, b = _smooth_pair((24, 24, 24), seed=3, noise=0.3)
+    ta, tb = torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]
+    lo = float(min(ta.min(), tb.min()))
+    torch.testing.assert_close(
+        ms_ssim3d(ta, tb, data_range=4.0, low=lo), ms_ssim3d(ta - lo, tb - lo, data_range=4.0)
+    )
+    # A [-1, 1] "brain" (a ball at 0.6 on a -1 background) against the same ball shifted by
+    # two voxels: near-identical volumes. Unshifted, the luminance term goes negative
+    # where the local means differ in sign (the rims) and the score collapses; with low=-1 it
+    # is high, as for any near-identical pair.
+    z, y, x = torch.meshgrid(*(torch.arange(24.0),) * 3, indexing="ij")
+    ball = lambda cx: torch.where((x - cx) ** 2 + (y - 12) ** 2 + (z - 12) ** 2 < 49, 0.6, -1.0)  # noqa: E731
+    p, q = ball(11.0)[None, None].double(), ball(13.0)[None, None].double()
+    shifted = ms_ssim3d(p, q, data_range=2.0, low=-1.0).item()
+    assert shifted > 0.5
+    assert ms_ssim3d(p, q, data_range=2.0).item() < shifted
