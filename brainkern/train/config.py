@@ -83,6 +83,8 @@ _CHOICES = {
     ("train", "loss"): (None, "wgan-gp", "standard", "hinge"),
     ("data", "cohort"): (None, "smri", "fmri"),
 }
+# Keys whose values stay text even when they look like numbers.
+_TEXT_KEYS = {"name", "cohort", "table", "cache_dir", "device", "amp", "loss"}
 _POSITIVE = {
     ("train", "iters"),
     ("train", "batch_size"),
@@ -148,6 +150,9 @@ def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
         path = candidate
     data = _read_yaml(path)
     data.setdefault("preset", path.stem)
+    for section in data.values():
+        if isinstance(section, dict):
+            section.update({k: _numbers(v) for k, v in section.items() if k not in _TEXT_KEYS})
     return data
 
 
@@ -171,6 +176,18 @@ def merge(base: dict[str, Any], update: dict[str, Any], *, where: str = "") -> d
     return out
 
 
+def _numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``5e-4`` (no dot) as a string; a number is what was meant."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """``"train.iters=50"`` -> ``{"train": {"iters": 50}}`` (the value parsed as YAML)."""
     import yaml
@@ -179,8 +196,9 @@ def parse_override(text: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise ValueError(f"an override looks like section.key=value, got {text!r}")
     value = yaml.safe_load(raw) if raw.strip() else None
-    out: dict[str, Any] = value
-    for part in reversed(key.strip().split(".")):
+    parts = key.strip().split(".")
+    out: dict[str, Any] = value if parts[-1] in _TEXT_KEYS else _numbers(value)
+    for part in reversed(parts):
         out = {part: out}
     return out
 

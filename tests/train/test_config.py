@@ -42,6 +42,9 @@ def test_overrides_parse_yaml_values():
     assert cfg["data"]["shape"] == [16, 32, 16]
     assert config.parse_override("train.loss=hinge") == {"train": {"loss": "hinge"}}
     assert config.parse_override("data.table=") == {"data": {"table": None}}
+    # YAML 1.1 reads 5e-4 (no dot) as text; it is a number here, in overrides and in files.
+    assert config.parse_override("train.lr=5e-4") == {"train": {"lr": 5e-4}}
+    assert config.resolve("quick", [config.parse_override("train.lr=1e-3")])["train"]["lr"] == 1e-3
 
 
 def test_unknown_keys_and_bad_values_are_named():
@@ -64,6 +67,14 @@ def test_unknown_keys_and_bad_values_are_named():
 def test_model_section_takes_any_key():
     cfg = config.resolve("quick", [config.parse_override("model.checkpoint=true")])
     assert cfg["model"]["checkpoint"] is True
+
+
+def test_numbers_without_a_dot_in_files(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  lr: 1e-4\n  betas: [5e-1, 0.999]\nmodel:\n  name: wgan-gp\n")
+    cfg = config.resolve(path)
+    assert cfg["train"]["lr"] == 1e-4 and cfg["train"]["betas"] == [0.5, 0.999]
+    assert cfg["model"]["name"] == "wgan-gp"
 
 
 def test_dump_round_trips(tmp_path):
