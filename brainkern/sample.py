@@ -11,12 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+from brainkern._cli import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("run_dir", help="a run directory written by python -m brainkern.train")
-    parser.add_argument("--n", type=_positive_int, required=True, help="number of volumes")
+    parser.add_argument("--n", type=positive_int, required=True, help="number of volumes")
     parser.add_argument("--out", help="output folder (default: RUN_DIR/generated)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="volumes per generator call")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="volumes per generator call")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latent vectors")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")

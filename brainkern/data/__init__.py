@@ -14,8 +14,7 @@ scikit-learn and torch are imported only by the functions that need them).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from brainkern._lazy import lazy_exports
 
 _EXPORTS = {
     "Preprocess": "preprocess",
@@ -39,16 +38,4 @@ _SUBMODULES = ("augment", "cache", "cohorts", "dataset", "io", "preprocess", "so
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, _SUBMODULES)

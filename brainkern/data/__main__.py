@@ -13,12 +13,7 @@ import argparse
 import sys
 import time
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from brainkern._cli import positive_int
 
 
 def _non_negative_float(text: str) -> float:
@@ -41,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     make.add_argument("kind", choices=("smri", "fmri"), help="which cohort")
     make.add_argument("--out", required=True, help="output folder (created)")
-    make.add_argument("--n-per-class", type=_positive_int, default=40, help="subjects per class (>= 1)")
+    make.add_argument("--n-per-class", type=positive_int, default=40, help="subjects per class (>= 1)")
     make.add_argument(
         "--shape",
-        type=_positive_int,
+        type=positive_int,
         nargs=3,
         metavar=("D", "H", "W"),
         default=None,

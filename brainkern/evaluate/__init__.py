@@ -14,8 +14,7 @@ line's ``--help``) needs neither torch nor matplotlib.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from brainkern._lazy import lazy_exports
 
 _EXPORTS = {
     "batch_mmd2": "generation",
@@ -32,11 +31,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"brainkern.evaluate.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'brainkern.evaluate' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

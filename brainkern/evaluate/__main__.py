@@ -13,12 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+from brainkern._cli import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", help="a run directory written by python -m brainkern.train")
     parser.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint")
     parser.add_argument(
-        "--n-generated", type=_positive_int, help="generated volumes (default: the run's config)"
+        "--n-generated", type=positive_int, help="generated volumes (default: the run's config)"
     )
-    parser.add_argument("--mmd-tests", type=_positive_int, help="MMD tests (default: the run's config, 100)")
-    parser.add_argument("--pairs", type=_positive_int, help="MS-SSIM pairs (default: the run's config, 1000)")
+    parser.add_argument("--mmd-tests", type=positive_int, help="MMD tests (default: the run's config, 100)")
+    parser.add_argument("--pairs", type=positive_int, help="MS-SSIM pairs (default: the run's config, 1000)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser

@@ -19,12 +19,8 @@ import numpy as np
 import torch
 
 from brainkern.evaluate.generation import format_table, generation_table, matched_noise
+from brainkern.train.data import real_volumes
 from brainkern.train.engine import Callback, Trainer, build_run_model
-
-
-def real_volumes(dataset, indices: np.ndarray) -> torch.Tensor:
-    """``(N, 1, D, H, W)`` float32 tensor of the given volumes of a data set."""
-    return torch.from_numpy(np.asarray(dataset.volumes[np.sort(indices)], dtype=np.float32)).unsqueeze(1)
 
 
 def evaluate_model(

@@ -11,8 +11,7 @@ Submodules load on first use, so ``python -m brainkern.train --help`` answers at
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from brainkern._lazy import lazy_exports
 
 _EXPORTS = {
     "Callback": "engine",
@@ -26,11 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"brainkern.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'brainkern.train' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -18,12 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+from brainkern._cli import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--cohort", choices=("smri", "fmri"), help="an embedded simulated cohort")
     parser.add_argument("--model", help="registered model name (alpha-wgan-gp, wgan-gp, vae-gan, alpha-gan)")
-    parser.add_argument("--iters", type=_positive_int, help="training iterations (>= 1)")
-    parser.add_argument("--batch-size", type=_positive_int, help="mini-batch size (>= 1)")
+    parser.add_argument("--iters", type=positive_int, help="training iterations (>= 1)")
+    parser.add_argument("--batch-size", type=positive_int, help="mini-batch size (>= 1)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--out", help="run directory (default: runs/<preset>-<model>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")

@@ -92,6 +92,11 @@ def training_indices(dataset, classes: list[str] | None) -> np.ndarray:
     return np.flatnonzero(np.isin(dataset.labels, keep))
 
 
+def real_volumes(dataset, indices: np.ndarray) -> torch.Tensor:
+    """``(N, 1, D, H, W)`` float32 tensor of the given volumes of a data set (read in file order)."""
+    return torch.from_numpy(np.asarray(dataset.volumes[np.sort(indices)], dtype=np.float32)).unsqueeze(1)
+
+
 class Batches:
     """Shuffled mini-batches of whole epochs, with Kwon et al.'s augmentation.
 

@@ -33,11 +33,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from brainkern.train import config as config_mod
-from brainkern.train.data import Batches, load_dataset, training_indices
+from brainkern.train.data import Batches, load_dataset, real_volumes, training_indices
 from brainkern.train.recipes import Recipe, make_recipe
 from brainkern.train.state import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 
@@ -206,7 +205,6 @@ class Trainer:
         ckpt = None
         if resume:
             ckpt = load_checkpoint(self.checkpoint_path("last"))
-        seed_everything(cfg["seed"])
 
         self.dataset = load_dataset(cfg["data"], progress=progress)
         self.indices = training_indices(self.dataset, cfg["data"]["classes"])
@@ -325,7 +323,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg["seed"] + 1)
         fake = self.model.sample(tests * b, generator=gen, batch_size=b, device=self.device)
         pick = self.indices[torch.randperm(len(self.indices), generator=gen)[: tests * b].numpy()]
-        real = torch.from_numpy(np.asarray(self.dataset.volumes[np.sort(pick)], dtype=np.float32))
+        real = real_volumes(self.dataset, pick)
         return float(mmd2_batched(real.view(tests, b, -1), fake.view(tests, b, -1)).mean())
 
     # ---------------------------------------------------------------- signals
