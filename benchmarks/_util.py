@@ -48,6 +48,45 @@ def timed(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
     return run
 
 
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def assert_matches(got, want, *, what: str, rtol: float = 1e-4) -> None:
+    """Smoke-mode check that a provider computes what the reference computes.
+
+    ``got`` and ``want`` are tensors or nested tuples / lists / dicts of tensors
+    (an output, or the gradients of a backward), compared pairwise in float64 on
+    the CPU by their norm-wise relative error ``||got - want|| / ||want||``: sums
+    in another order differ by rounding element by element, while a wrong kernel
+    (a bad index, a missing tile) is off by a sizeable fraction of the norm. A
+    result whose reference is near zero while others are not (the gradient of a
+    bias that BatchNorm cancels is pure rounding noise) is measured against a
+    thousandth of the largest reference norm instead. A benchmark calls this
+    before timing so that a fast but wrong kernel cannot pass CI's smoke run.
+
+    Raises:
+        AssertionError: the structures or shapes differ, or an error exceeds ``rtol``;
+            the message names ``what`` and the result's index.
+    """
+    a, b = _tensors(got), _tensors(want)
+    assert len(a) == len(b) and a, f"{what}: {len(a)} result tensors against the reference's {len(b)}"
+    a = [t.detach().double().cpu() for t in a]
+    b = [t.detach().double().cpu() for t in b]
+    floor = 1e-3 * max(torch.linalg.vector_norm(y).item() for y in b)
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        assert x.shape == y.shape, f"{what}, result {i}: shape {tuple(x.shape)}, reference {tuple(y.shape)}"
+        scale = max(torch.linalg.vector_norm(y).item(), floor, 1e-30)
+        err = torch.linalg.vector_norm(x - y).item() / scale
+        assert err <= rtol, f"{what}, result {i}: norm-wise relative error {err:.3g} > {rtol:g}"
+
+
 def _rss_field(field: str) -> int:
     with open("/proc/self/status") as fh:
         for line in fh:

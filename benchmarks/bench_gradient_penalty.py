@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import brainkern.nn as bnn
-from benchmarks._util import bench_device, peak_memory, record, saved_tensor_bytes, timed
+from benchmarks._util import assert_matches, bench_device, peak_memory, record, saved_tensor_bytes, timed
 from brainkern.ops import gradient_penalty, gradient_penalty_reference
 from brainkern.ops.gradient_penalty import interpolate, norm_penalty
 
@@ -68,7 +68,7 @@ def _autocast(precision: str):
 
 
 def make_step(provider: str, precision: str, smoke: bool):
-    """The setup factory shared by the speed and memory measurements: (step, loss) closures."""
+    """The setup factory shared by the speed and memory measurements: (step, loss, D)."""
     torch.manual_seed(0)
     batch, size, widths = _sizes(smoke)
     conv = bnn.Conv3d if provider == "brainkern" else nn.Conv3d
@@ -85,7 +85,15 @@ def make_step(provider: str, precision: str, smoke: bool):
         D.zero_grad(set_to_none=True)
         loss().backward()
 
-    return step, loss
+    return step, loss, D
+
+
+def _step_result(provider: str, precision: str, smoke: bool) -> list[torch.Tensor]:
+    """The loss and every parameter gradient of one step: what providers must agree on."""
+    _, loss, D = make_step(provider, precision, smoke)
+    value = loss()
+    value.backward()
+    return [value, *(p.grad for p in D.parameters() if p.grad is not None)]
 
 
 def _run(benchmark, fn, smoke: bool) -> None:
@@ -99,7 +107,14 @@ def _run(benchmark, fn, smoke: bool) -> None:
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("provider", STEP_PROVIDERS)
 def test_discriminator_step(benchmark, smoke, provider, precision):
-    step, loss = make_step(provider, precision, smoke)
+    if smoke and provider != "torch.autograd.grad":
+        assert_matches(
+            _step_result(provider, precision, smoke),
+            _step_result("torch.autograd.grad", precision, smoke),
+            what=f"gradient_penalty step, {provider}, {precision}",
+            rtol=2e-2 if precision == "bf16" else 1e-4,
+        )
+    step, loss, _ = make_step(provider, precision, smoke)
     step()  # warm up (cuDNN choice, Triton compilation)
     peak = peak_memory(step, DEVICE)
     saved = saved_tensor_bytes(loss)
@@ -141,6 +156,8 @@ def test_interpolation(benchmark, smoke, provider):
     real, fake, eps, _ = _piece_inputs(smoke)
     fn = interpolate if provider == "brainkern" else _eager_interp
     go = torch.randn_like(real)
+    if smoke:
+        assert_matches(fn(real, fake, eps), _eager_interp(real, fake, eps), what=f"interpolation, {provider}")
 
     def full():
         fake.grad = None
@@ -163,6 +180,13 @@ def test_interpolation(benchmark, smoke, provider):
 def test_norm_penalty(benchmark, smoke, provider):
     _, _, _, grad = _piece_inputs(smoke)
     fn = norm_penalty if provider == "brainkern" else _eager_norm
+    if smoke:
+        got, want = fn(grad), _eager_norm(grad)
+        assert_matches(
+            [got, *torch.autograd.grad(got, grad)],
+            [want, *torch.autograd.grad(want, grad)],
+            what=f"norm penalty, {provider}",
+        )
 
     def full():
         grad.grad = None
