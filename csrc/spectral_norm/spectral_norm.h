@@ -18,33 +18,35 @@
 
 namespace brainkern {
 
-// One layer as the CUDA kernel sees it.
-struct SNLayerDesc {
-  const void* w;        // (out, in), row stride ld, unit column stride
-  void* u;              // (out,)
-  void* v;              // (in,)
+// One layer of a call, as the torch wrapper hands it to the launcher.
+struct SNLayer {
+  const void* w;  // (out, in), row stride ld, unit column stride
+  void* u;        // (out,), contiguous
+  void* v;        // (in,), contiguous
   int64_t out;
   int64_t in;
   int64_t ld;
-  int64_t work_offset;  // start of this layer's W^T d accumulator in the workspace
-  int64_t rows_per_block;
-  int64_t block_begin;  // first block of this layer in the grid
-  int64_t slot;         // position of the layer in the call: its sigma and completion counter
 };
 
-// Layers per launch: the descriptors travel as a kernel argument (no host-device
-// copy), which CUDA bounds at 4 KiB; longer lists take ceil(L / 32) launches.
-constexpr int kSNMaxLayersPerLaunch = 32;
+// Layers per group of launches: their descriptors travel as a kernel argument
+// (no host-to-device copy), which CUDA bounds at 4 KiB; longer lists take
+// ceil(L / 24) groups of three launches.
+constexpr int kSNMaxLayersPerLaunch = 24;
 
-// Launch the fused step for `num_layers` (<= kSNMaxLayersPerLaunch) layers.
-// `work` holds the W^T d accumulators (each descriptor's work_offset points into
-// it) and `counters` one completion counter per slot, all zero on entry.
-// `sigma[slot]` receives each layer's estimate. The descriptors' block_begin and
-// rows_per_block must tile [0, num_blocks).
+// float64 elements of the workspace one call needs (partial sums of W^T d per
+// row block, d, W^T d, and per-block / per-chunk sums of squares). It depends on
+// the shapes only; the launcher writes every element before reading it, so the
+// workspace needs no zero fill.
+int64_t spectral_norm_workspace_size(const SNLayer* layers, int64_t num_layers);
+
+// The fused step for `num_layers` layers of one dtype (float or double): three
+// kernels per group of kSNMaxLayersPerLaunch layers (row blocks, column chunks,
+// finish), no atomics, sums in double in a fixed order, so the result is
+// bit-identical from run to run. `work` holds spectral_norm_workspace_size()
+// doubles; sigma[l] receives layer l's estimate.
 template <typename scalar_t>
-cudaError_t spectral_norm_step_cuda_launch(const SNLayerDesc* layers, int num_layers, int64_t num_blocks,
-                                           scalar_t* work, unsigned int* counters, scalar_t* sigma,
-                                           double eps, cudaStream_t stream);
+cudaError_t spectral_norm_step_cuda_launch(const SNLayer* layers, int64_t num_layers, double* work,
+                                           scalar_t* sigma, double eps, cudaStream_t stream);
 
 }  // namespace brainkern
 #endif
