@@ -8,7 +8,7 @@ same gradients), with the iteration run by :func:`brainkern.ops.spectral_norm_st
 SN-GAN / alpha-SN-GAN discriminators and code discriminators.
 
 For a whole discriminator, :func:`spectral_norm_update` runs the iteration of
-every SN layer in one grouped call (one kernel launch on the GPU), and the next
+every SN layer in one grouped call (three kernel launches on the GPU), and the next
 training forward of each layer uses that result instead of iterating again::
 
     for real in loader:
@@ -160,7 +160,7 @@ def spectral_norm_update(module: nn.Module, forwards: int | None = 1) -> torch.T
     """Run the power iteration of every SN layer of ``module`` in one grouped call.
 
     Layers are grouped by (device, dtype, eps), one :func:`brainkern.ops.spectral_norm_step`
-    per group (one kernel launch for a whole discriminator on the GPU), repeated
+    per group (three kernel launches for a whole discriminator on the GPU), repeated
     ``max(n_power_iterations)`` times (a layer takes part in its first
     ``n_power_iterations`` rounds). Each layer's ``u``, ``v`` and ``sigma`` are updated,
     and its next ``forwards`` training forwards use that ``sigma`` without iterating.

@@ -20,9 +20,18 @@ while the row is still in cache, accumulates ``W^T d += d_i W_i``. Then, with
 
 The last identity holds because ``u' . (W v') = (W^T u') . v'`` and ``v'`` is
 ``W^T u'`` rescaled: so ``sigma = ||W^T u'||`` whenever that norm exceeds ``eps``,
-and no second read of ``W`` is needed. All layers go through one call (one
-kernel launch on the GPU for the main pass), which is what
-:func:`brainkern.nn.spectral_norm_update` uses for a whole discriminator.
+and no second read of ``W`` is needed. All layers go through one call (three
+kernel launches on the GPU: for any number of layers with Triton, per 24 layers
+with CUDA), which is what :func:`brainkern.nn.spectral_norm_update` uses for a
+whole discriminator.
+
+The results are reproducible bit for bit: the GPU kernels use no atomics, and
+every sum (the row dot products, ``W^T d`` across row blocks, the norms) runs in
+float64, also for float32 weights, in an order fixed by the shapes alone (on
+the CPU, by the shapes and the thread count), whether or not
+``torch.use_deterministic_algorithms`` is on. No backend waits for the GPU: the
+CUDA launcher passes its layer descriptors as kernel arguments, and the Triton
+launcher caches its layout tables and uploads them from pinned memory.
 
 :func:`spectral_normalize` then forms ``W / sigma`` with PyTorch's gradient:
 ``u'`` and ``v'`` are constants, so ``d sigma / dW = u' v'^T``.
@@ -167,13 +176,15 @@ def spectral_norm_step(
 
     Reproduces one step of :func:`torch.nn.utils.parametrizations.spectral_norm`
     (Miyato et al. 2018) for each layer, reading each weight once (see the module
-    docstring for the identity ``sigma = ||W^T d|| / ||d||``). On CUDA the main pass
-    of all layers is one kernel launch; on the CPU one parallel pass.
+    docstring for the identity ``sigma = ||W^T d|| / ||d||``). On CUDA all layers
+    share three kernel launches; on the CPU one parallel pass. Sums run in float64
+    in a fixed order: repeated calls give bit-identical results.
 
     Args:
         weights: L matrices ``W_l`` of shape (out_l, in_l); a conv weight reshaped
             with ``w.reshape(out, -1)``. float32 or float64 for the fast backends
-            (other dtypes run on the reference). Gradients are not tracked.
+            (float16 and bfloat16 run on the reference, in their own precision).
+            Gradients are not tracked.
         us: L vectors (out_l,), same dtype and device; overwritten with ``normalize(W v)``.
         vs: L vectors (in_l,); overwritten with ``normalize(W^T u)``.
         eps: norm floor, as ``F.normalize``'s.
