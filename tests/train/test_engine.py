@@ -17,13 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 from brainkern.train import config
 from brainkern.train.engine import Diverged, Trainer, load_run
+
+# Optional packages (absent on a bare GPU image): skip this module, do not fail collection.
+nib = pytest.importorskip("nibabel")
 
 REPO = Path(__file__).resolve().parents[2]
 
