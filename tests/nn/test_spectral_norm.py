@@ -198,3 +198,38 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="forwards must be None or a non-negative integer"):
         spectral_norm_update(SNLinear(3, 4), forwards=-2)
     assert spectral_norm_update(nn.Linear(3, 4)).numel() == 0
+
+
+def test_training_loop_hits_the_triton_layout_cache():
+    """Every call of a training step (grouped and per layer) reuses its layout: no rebuilds.
+
+    Ten SN layers, more than the old cache held, each called on its own by the
+    second forward of a step (``forwards=1``) besides the grouped update.
+    """
+    from brainkern.ops._backend import interpreter_enabled  # noqa: PLC0415
+
+    if not interpreter_enabled():
+        pytest.skip("triton on the CPU needs TRITON_INTERPRET=1")
+    import brainkern.kernels.spectral_norm as kmod  # noqa: PLC0415
+
+    torch.manual_seed(4)
+    disc = nn.Sequential(
+        SNConv3d(1, 2, 2, stride=2),
+        nn.Flatten(),
+        *[m for _ in range(8) for m in (SNLinear(16, 16), nn.LeakyReLU(0.2))],
+        SNLinear(16, 1),
+    ).double()
+    opt = torch.optim.SGD(disc.parameters(), lr=1e-2)
+    real, fake = (torch.randn(2, 1, 4, 4, 4, dtype=torch.float64) for _ in range(2))
+    kmod.layout_cache_clear()
+    misses = []
+    with use_backend("triton"):
+        for _ in range(3):
+            spectral_norm_update(disc)
+            loss = disc(fake).mean() - disc(real).mean()  # the second forward iterates per layer
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            misses.append(kmod.layout_cache_info().misses)
+    kmod.layout_cache_clear()
+    assert misses == [11, 11, 11]  # one grouped call and ten single layers, built once
