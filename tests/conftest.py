@@ -4,13 +4,34 @@ Every op test runs each backend that can run on this machine against the
 op's reference: ``reference`` and ``cpu`` always (``cpu`` is skipped, not
 passed, when the extension is missing), ``triton`` under ``TRITON_INTERPRET=1``,
 ``cuda`` on a GPU.
+
+Around every test (autouse fixtures):
+
+- one intra-op thread (``torch.set_num_threads(1)``), restored afterwards; tests
+  marked ``@pytest.mark.threads`` keep the default. The tensors here are tiny, so
+  more threads only add contention: a ``gradgradcheck`` took 56.7 s with the
+  default threads on a loaded 2-core machine and 1.5 s with one.
+- on a GPU, for tests whose ``backend_device`` is on CUDA: every brainkern op the
+  test calls by name runs under ``torch.cuda.set_sync_debug_mode("error")``, so an
+  op that makes the host wait for the device fails the test. Only the op calls
+  are guarded; the test's own inputs (``torch.tensor(..., device="cuda")``) and
+  comparisons (``.cpu()``, ``assert_close``) synchronise freely. See
+  :func:`forbid_host_sync` for guarding more (a backward pass) by hand, and mark
+  a test ``@pytest.mark.allow_host_sync`` when it checks a path that must read
+  the device (a NaN check that raises).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+
 import pytest
 import torch
 
+import brainkern.ops as bo
 from brainkern.ops import backends
 
 _STATUS = backends()
@@ -61,3 +82,137 @@ TOLERANCES = {
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request) -> Iterator[None]:
+    if request.node.get_closest_marker("threads") is not None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- host syncs on CUDA
+
+
+@contextlib.contextmanager
+def forbid_host_sync(device: torch.device | str = "cuda", mode: str = "error") -> Iterator[None]:
+    """Inside the block, a CUDA call that makes the host wait for the device raises.
+
+    What raises (``RuntimeError: called a synchronizing CUDA operation``): reading
+    a value (``.item()``, ``bool(t)``, ``.tolist()``, ``.cpu()``), a blocking copy
+    from or to host memory (``torch.tensor(..., device="cuda")``, ``.to("cuda")``),
+    data-dependent shapes (``nonzero``, boolean masks) and stream synchronisation.
+    ``torch.cuda.synchronize()`` does not raise. ``mode="warn"`` warns instead.
+    Nothing happens on the CPU or without a CUDA device. Blocks nest; the previous
+    mode is restored on exit.
+
+    Example::
+
+        with forbid_host_sync(device):
+            loss.backward()  # the op's backward kernels, guarded too
+    """
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        yield
+        return
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
+# Ops whose documented contract reads the device, with why; their calls warn
+# ("called a synchronizing CUDA operation" in the warnings summary) instead of
+# failing. mmd2 raises ValueError on NaN or infinite inputs by reading a few sums
+# per test; it is an evaluation metric, not part of a training step.
+SYNCS_BY_DESIGN = {
+    "mmd2": "reads its sums to reject NaN/inf inputs",
+    "mmd2_batched": "reads its sums to reject NaN/inf inputs",
+}
+
+
+@functools.cache
+def _guarded_ops() -> dict[int, tuple[Callable, str]]:
+    """``{id(op): (op, sync debug mode)}`` for brainkern's public ops.
+
+    The ops are the functions of ``brainkern.ops`` less the references and the
+    dispatch machinery (``use_backend``, ``backends``, ...).
+    """
+    ops = {}
+    for name in bo.__all__:
+        fn = getattr(bo, name)
+        if not inspect.isfunction(fn) or name.endswith("_reference") or fn.__module__ == bo._backend.__name__:
+            continue
+        ops[id(fn)] = (fn, "warn" if name in SYNCS_BY_DESIGN else "error")
+    return ops
+
+
+def _guarded(fn: Callable, mode: str) -> Callable:
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with forbid_host_sync("cuda", mode):
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def _runs_on_cuda(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    pair = callspec.params.get("backend_device") if callspec is not None else None
+    return pair is not None and pair[1] == "cuda"
+
+
+@pytest.fixture(autouse=True)
+def _cuda_ops_never_sync(request, monkeypatch) -> Iterator[None]:
+    # Test modules import the ops by name (``from brainkern.ops import mmd2``) or
+    # use the package (``bo.mmd2``); the names in both places are replaced for
+    # this test by wrappers that guard the call. Tests that run nothing on CUDA,
+    # and every test on a machine without a GPU, are left untouched.
+    if (
+        not torch.cuda.is_available()
+        or not _runs_on_cuda(request.node)
+        or request.node.get_closest_marker("allow_host_sync") is not None
+    ):
+        yield
+        return
+    guard_ops_in(monkeypatch, [request.module, bo])
+    yield
+
+
+def guard_ops_in(monkeypatch, holders) -> list[str]:
+    """Replace, for one test, each brainkern op named in ``holders`` (modules) by a guarded call.
+
+    Returns the names replaced (a name bound to an op under another name counts too).
+    """
+    ops = _guarded_ops()
+    replaced = []
+    for holder in holders:
+        for name, value in list(vars(holder).items()):
+            fn, mode = ops.get(id(value), (None, None))
+            if fn is not None and fn is value:
+                monkeypatch.setattr(holder, name, _guarded(value, mode))
+                replaced.append(name)
+    return replaced
+
+
+# ------------------------------------------------------------ pytest-benchmark defaults
+
+
+def pytest_configure(config):
+    # The test run (CI) executes each benchmark once at small sizes (smoke mode)
+    # unless --benchmark-enable, --benchmark-disable or --benchmark-only says
+    # otherwise. Set here,
+    # not in pyproject's addopts, so that pytest still starts where the
+    # pytest-benchmark plugin is not installed (a bare GPU image).
+    if not config.pluginmanager.hasplugin("benchmark"):
+        return
+    given = ("benchmark_enable", "benchmark_disable", "benchmark_only")
+    if not any(config.getoption(name) for name in given):
+        config.option.benchmark_disable = True
