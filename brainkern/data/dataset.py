@@ -1,6 +1,7 @@
 """``VolumeDataset``: labelled NIfTI volumes preprocessed onto one training grid.
 
-``ds[i]`` is ``(tensor (1, D, H, W) float32, label int)``. The preprocessed
+``ds[i]`` is an item dict: ``{"image": tensor (1, D, H, W) float32, "label": int,
+"index": i}`` (then whatever ``ds.transform`` makes of it). The preprocessed
 volumes live in one ``(N, D, H, W)`` float32 array, memory-mapped from the cache
 when ``cache_dir`` is given (a second construction with the same files and
 settings reads no NIfTI file at all).
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ class VolumeDataset(Dataset):
             ``mask=``, ``mask_fraction=``, ``nan_policy=``, ``index=``).
         cache_dir: folder for the memory-mapped cache; ``None`` keeps arrays in memory.
         progress: show a tqdm bar while preprocessing.
+        transform: a callable applied to every item (``item -> item``), e.g. an
+            augmentation; settable later as ``ds.transform``.
         memory_budget: bytes of native-grid volumes kept in memory between the
             trimming pass and the output pass; above it volumes are read twice.
 
@@ -71,10 +74,12 @@ class VolumeDataset(Dataset):
         preprocess: Preprocess | None = None,
         cache_dir: str | os.PathLike | None = None,
         progress: bool = False,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         memory_budget: int = 2 << 30,
         **settings: Any,
     ) -> None:
         records = list(records)
+        self.transform = transform
         if not records:
             raise ValueError("VolumeDataset needs at least one volume")
         if preprocess is not None and settings:
@@ -179,12 +184,20 @@ class VolumeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Item ``i``: ``{"image": (1, D, H, W) float32, "label": int, "index": int}``,
+        passed through ``self.transform`` when one is set.
+
+        Raises:
+            IndexError: ``i`` out of range.
+        """
         n = len(self.records)
         if not -n <= int(i) < n:
             raise IndexError(f"index {i} out of range for a data set of {n} volumes")
-        x = torch.from_numpy(np.array(self._volumes[int(i)], dtype=np.float32, copy=True))
-        return x.unsqueeze(0), int(self.labels[int(i)])
+        i = int(i) % n
+        x = torch.from_numpy(np.array(self._volumes[i], dtype=np.float32, copy=True))
+        item = {"image": x.unsqueeze(0), "label": int(self.labels[i]), "index": i}
+        return item if self.transform is None else self.transform(item)
 
     @property
     def volumes(self) -> np.ndarray:

@@ -1,18 +1,41 @@
-"""Generative models of 3D brain images, and a registry to build them by name.
+"""Generative models of brain images and classifiers, and one registry to build them by name.
 
 ``build_model("alpha-wgan-gp", shape=(64, 64, 64))`` returns a
-:class:`GenerativeModel`: its networks (generator, discriminator, and an encoder
-and code discriminator where the model has them), its latent prior, sampling,
-and the ``family`` and ``loss`` the training engine picks its recipe by.
+:class:`GenerativeModel`: its named networks (generator, discriminator, and an
+encoder and code discriminator where the model has them), its latent prior,
+(class-conditional) sampling, and the ``family`` and ``loss`` the training engine
+picks its recipe by. Classifiers register under ``kind="classifier"`` and build
+into a :class:`~brainkern.models.classifier.Classifier` (``fit``, ``predict``,
+``predict_proba``, ``save``, ``load``).
 
-Registered so far (:func:`model_names`): Kwon et al. (2019)'s ``alpha-wgan-gp``
-and their baselines ``alpha-gan``, ``wgan-gp`` and ``vae-gan``
-(:mod:`brainkern.models.kwon`).
+Registered so far (:func:`model_summaries`; ``python -m brainkern.train --list``):
+Kwon et al. (2019)'s ``alpha-wgan-gp`` and their baselines ``alpha-gan``,
+``wgan-gp`` and ``vae-gan`` (:mod:`brainkern.models.kwon`).
 """
 
 # ``kwon`` registers its models on import (it imports the registry itself).
 from brainkern.models import kwon
 from brainkern.models.base import GenerativeModel
-from brainkern.models.registry import build_model, model_names, model_parameters, register_model
+from brainkern.models.classifier import Classifier, SklearnClassifier, TorchClassifier
+from brainkern.models.registry import (
+    build_model,
+    model_kind,
+    model_names,
+    model_parameters,
+    model_summaries,
+    register_model,
+)
 
-__all__ = ["GenerativeModel", "build_model", "kwon", "model_names", "model_parameters", "register_model"]
+__all__ = [
+    "Classifier",
+    "GenerativeModel",
+    "SklearnClassifier",
+    "TorchClassifier",
+    "build_model",
+    "kwon",
+    "model_kind",
+    "model_names",
+    "model_parameters",
+    "model_summaries",
+    "register_model",
+]

@@ -3,87 +3,82 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["FAMILIES", "LOSSES", "GenerativeModel"]
-
-# Which training recipe drives a model (``brainkern.train`` picks its loop by this).
-FAMILIES = ("gan", "alpha", "vae-gan")
-# The adversarial loss a model's paper trains it with.
-LOSSES = ("wgan-gp", "standard", "hinge")
-
-# The order in which the paper's training step updates the networks (Kwon et al.
-# 2019: encoder-generator, then discriminator, then code discriminator).
-_NETWORK_ORDER = ("encoder", "generator", "discriminator", "code_discriminator")
+__all__ = ["GenerativeModel"]
 
 
-class GenerativeModel(nn.Module):
+class GenerativeModel(nn.ModuleDict):
     """A generator with the networks that train it, and a standard-normal latent prior.
 
-    A container: it has no ``forward``; the training engine calls its networks.
-    Build one with :func:`brainkern.models.build_model`, which sets ``name`` and
-    ``config`` from the registry entry and its resolved keyword arguments.
+    A container of named networks (an :class:`torch.nn.ModuleDict`, so the state
+    dict keys are ``<network>.<parameter>``); it has no ``forward``: the training
+    recipe calls its networks. Build one with :func:`brainkern.models.build_model`,
+    which sets ``name`` and ``config`` from the registry entry and its resolved
+    keyword arguments. Networks are reached as ``model["generator"]`` or
+    ``model.generator``; which networks a model must have, and which of them are
+    trained, is the business of its family's recipe (``brainkern.train.recipes``),
+    the one place where a family is named.
 
-    Attributes:
-        generator: ``z (N, latent_dim) -> x (N, 1, D, H, W)``.
-        discriminator: ``x (N, 1, D, H, W) -> (N, 1)`` scores.
-        encoder: ``x -> z (N, latent_dim)`` (``(mu, logvar)`` for a variational
-            one), or ``None``.
-        code_discriminator: ``z (N, latent_dim) -> (N, 1)``, or ``None``.
+    Args:
         name: the registry name.
-        shape: the training grid ``(D, H, W)``.
+        shape: the training grid ``(D, H, W)`` (``(H, W)`` for 2D models).
         latent_dim: size of the latent code.
-        family: the training recipe: ``"gan"`` (G + D), ``"alpha"`` (encoder + G + D
-            + code discriminator) or ``"vae-gan"`` (variational encoder + G + D).
-        loss: the adversarial loss: ``"wgan-gp"``, ``"standard"`` or ``"hinge"``.
+        family: the training recipe that drives the model (``"gan"``, ``"alpha"``,
+            ``"vae-gan"``, ...: any name a recipe is registered under).
+        loss: the adversarial loss of the model's paper (``"wgan-gp"``,
+            ``"standard"``, ``"hinge"``); the recipe checks it.
+        networks: the networks by name, in the order the paper's training step
+            updates them. By convention ``generator`` maps ``z (N, latent_dim)``
+            (and ``labels (N,)`` for a conditional model) to ``x (N, 1, D, H, W)``.
+        num_classes: ``0`` for an unconditional model; else the number of classes a
+            conditional generator takes labels from (``0 .. num_classes - 1``).
         config: the keyword arguments that rebuild the architecture,
             ``brainkern.models.build_model(**model.config)``, JSON/YAML-able.
 
     Raises:
-        ValueError: an unknown ``family`` or ``loss``, or a missing network the
-            family needs.
+        ValueError: no ``generator`` network, an empty ``family`` or ``loss``, or a
+            negative ``num_classes``.
     """
 
     def __init__(
         self,
         *,
         name: str,
-        shape: tuple[int, int, int],
+        shape: Sequence[int],
         latent_dim: int,
         family: str,
         loss: str,
-        generator: nn.Module,
-        discriminator: nn.Module,
-        encoder: nn.Module | None = None,
-        code_discriminator: nn.Module | None = None,
+        networks: Mapping[str, nn.Module],
+        num_classes: int = 0,
         config: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        if family not in FAMILIES:
-            raise ValueError(f"GenerativeModel: family must be one of {FAMILIES}, got {family!r}")
-        if loss not in LOSSES:
-            raise ValueError(f"GenerativeModel: loss must be one of {LOSSES}, got {loss!r}")
-        if family in ("alpha", "vae-gan") and encoder is None:
-            raise ValueError(f"GenerativeModel: family {family!r} needs an encoder")
-        if family == "alpha" and code_discriminator is None:
-            raise ValueError("GenerativeModel: family 'alpha' needs a code discriminator")
+        super().__init__(networks)
+        if "generator" not in self:
+            raise ValueError(f"GenerativeModel {name!r}: needs a network named 'generator', got {list(self)}")
+        for key, value in (("family", family), ("loss", loss)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"GenerativeModel {name!r}: {key} must be a non-empty string, got {value!r}")
         self.name = name
         self.shape = tuple(int(s) for s in shape)
         self.latent_dim = int(latent_dim)
         self.family = family
         self.loss = loss
-        self.encoder = encoder
-        self.generator = generator
-        self.discriminator = discriminator
-        self.code_discriminator = code_discriminator
+        self.num_classes = _check_count(num_classes, "num_classes", minimum=0)
         self.config: dict[str, Any] = (
             dict(config)
             if config is not None
             else {"name": name, "shape": list(self.shape), "latent_dim": self.latent_dim}
         )
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the generator (and the networks that judge it) take class labels."""
+        return self.num_classes > 0
 
     # -- latent prior and sampling ------------------------------------------------
 
@@ -106,13 +101,47 @@ class GenerativeModel(nn.Module):
         z = torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float32)
         return z if device is None else z.to(device)
 
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """``generator(z)``: ``(N, latent_dim) -> (N, 1, D, H, W)`` (with autograd, current mode)."""
-        return self.generator(z)
+    def check_labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """``labels`` as an int64 ``(n,)`` tensor, checked against the model's classes.
+
+        Raises:
+            ValueError: labels for an unconditional model, none for a conditional
+                one, the wrong count, or a class outside ``0 .. num_classes - 1``.
+        """
+        if not self.conditional:
+            if labels is not None:
+                raise ValueError(f"{self.name} is unconditional: it takes no labels")
+            return None
+        if labels is None:
+            raise ValueError(
+                f"{self.name} is conditional ({self.num_classes} classes): give labels, "
+                f"e.g. sample(n, labels=torch.arange(n) % {self.num_classes})"
+            )
+        labels = torch.as_tensor(labels).long().flatten()
+        if labels.numel() != n:
+            raise ValueError(f"{self.name}: {labels.numel()} labels for {n} volumes")
+        # Checked on the CPU copy only: a device tensor's range is the caller's business
+        # (reading it would synchronise the device in a training step).
+        if labels.device.type == "cpu" and n and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"{self.name}: labels must lie in 0 .. {self.num_classes - 1}")
+        return labels
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``generator(z)`` or ``generator(z, labels)``: ``(N, latent_dim)`` (and ``(N,)``)
+        -> ``(N, 1, D, H, W)``, with autograd, in the current train/eval mode."""
+        if self.conditional:
+            labels = labels if labels is None else labels.to(z.device)
+            if labels is None:
+                self.check_labels(None, z.shape[0])
+            return self["generator"](z, labels)
+        if labels is not None:
+            self.check_labels(labels, z.shape[0])
+        return self["generator"](z)
 
     def sample(
         self,
         n: int,
+        labels: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
         batch_size: int = 16,
@@ -126,24 +155,31 @@ class GenerativeModel(nn.Module):
         of ``batch_size``, on ``device`` (default: where the generator's parameters
         are). Its previous train/eval mode is restored afterwards, also on error.
 
+        Args:
+            labels: ``(n,)`` classes for a conditional model (required there).
+
         Raises:
-            ValueError: ``n < 0`` or ``batch_size < 1``.
+            ValueError: ``n < 0``, ``batch_size < 1``, or labels that do not fit
+                (see :meth:`check_labels`).
         """
         n = _check_count(n, "n", minimum=0)
         batch_size = _check_count(batch_size, "batch_size", minimum=1)
+        labels = self.check_labels(labels, n)
+        net = self["generator"]
         if device is None:
-            device = _module_device(self.generator)
+            device = _module_device(net)
         z = self.sample_latent(n, generator=generator)
-        was_training = self.generator.training
+        was_training = net.training
         out = []
         try:
-            self.generator.eval()
+            net.eval()
             with torch.no_grad():
                 for start in range(0, n, batch_size):
-                    x = self.generate(z[start : start + batch_size].to(device))
+                    part = None if labels is None else labels[start : start + batch_size].to(device)
+                    x = self.generate(z[start : start + batch_size].to(device), part)
                     out.append(x.to(device="cpu", dtype=torch.float32))
         finally:
-            self.generator.train(was_training)
+            net.train(was_training)
         if not out:
             return torch.empty(0, 1, *self.shape, dtype=torch.float32)
         return torch.cat(out)
@@ -151,9 +187,8 @@ class GenerativeModel(nn.Module):
     # -- introspection --------------------------------------------------------------
 
     def networks(self) -> dict[str, nn.Module]:
-        """The present networks, in the paper's update order (encoder, generator,
-        discriminator, code discriminator)."""
-        return {key: net for key in _NETWORK_ORDER if (net := getattr(self, key)) is not None}
+        """The networks by name, in the order the model's paper updates them."""
+        return dict(self.items())
 
     def parameter_counts(self) -> dict[str, int]:
         """Number of parameters (trainable or not; buffers excluded) of each present network."""
@@ -168,7 +203,8 @@ class GenerativeModel(nn.Module):
         right = max(len("parameters"), *(len(v) for _, v in rows))
         grid = "x".join(str(s) for s in self.shape)
         lines = [
-            f"{self.name} (family {self.family}, loss {self.loss}, grid {grid}, latent {self.latent_dim})",
+            f"{self.name} (family {self.family}, loss {self.loss}, grid {grid}, latent {self.latent_dim}"
+            + (f", {self.num_classes} classes)" if self.conditional else ")"),
             f"{'network':<{left}}  {'parameters':>{right}}",
         ]
         lines += [f"{k:<{left}}  {v:>{right}}" for k, v in rows]
@@ -177,7 +213,7 @@ class GenerativeModel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, shape={self.shape}, latent_dim={self.latent_dim}, "
-            f"family={self.family!r}, loss={self.loss!r}"
+            f"family={self.family!r}, loss={self.loss!r}, num_classes={self.num_classes}"
         )
 
 

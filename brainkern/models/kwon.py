@@ -354,10 +354,14 @@ def _alpha(name, loss, shape, latent_dim, width, checkpoint, gradfix, negative_s
         latent_dim=latent_dim,
         family="alpha",
         loss=loss,
-        encoder=Encoder(shape, latent_dim, width, negative_slope=negative_slope, checkpoint=checkpoint),
-        generator=generator,
-        discriminator=discriminator,
-        code_discriminator=CodeDiscriminator(latent_dim, code_hidden, negative_slope),
+        networks={
+            "encoder": Encoder(
+                shape, latent_dim, width, negative_slope=negative_slope, checkpoint=checkpoint
+            ),
+            "generator": generator,
+            "discriminator": discriminator,
+            "code_discriminator": CodeDiscriminator(latent_dim, code_hidden, negative_slope),
+        },
     )
 
 
@@ -413,8 +417,7 @@ def wgan_gp(
         latent_dim=latent_dim,
         family="gan",
         loss="wgan-gp",
-        generator=generator,
-        discriminator=discriminator,
+        networks={"generator": generator, "discriminator": discriminator},
     )
 
 
@@ -440,7 +443,5 @@ def vae_gan(
         latent_dim=latent_dim,
         family="vae-gan",
         loss="standard",
-        encoder=encoder,
-        generator=generator,
-        discriminator=discriminator,
+        networks={"encoder": encoder, "generator": generator, "discriminator": discriminator},
     )

@@ -1,4 +1,10 @@
-"""The model registry: names to factories, with keyword checking and a rebuildable config."""
+"""The model registry: names to factories, with keyword checking and a rebuildable config.
+
+One registry holds both kinds of model brainkern trains: generative models
+(:class:`~brainkern.models.GenerativeModel`, trained by ``brainkern.train``) and
+classifiers (:class:`~brainkern.models.classifier.Classifier`, used by the
+augmentation experiments). A factory declares its kind when it registers.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +13,78 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from brainkern.models.base import GenerativeModel
+from brainkern.models.classifier import Classifier
 
-__all__ = ["build_model", "model_names", "model_parameters", "register_model"]
+__all__ = [
+    "KINDS",
+    "build_model",
+    "model_kind",
+    "model_names",
+    "model_parameters",
+    "model_summaries",
+    "register_model",
+]
 
-_REGISTRY: dict[str, Callable[..., GenerativeModel]] = {}
+# A registered name's kind, and the type its factory must return.
+KINDS: dict[str, type] = {"generative": GenerativeModel, "classifier": Classifier}
 
-F = TypeVar("F", bound=Callable[..., GenerativeModel])
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+_KIND: dict[str, str] = {}
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def register_model(name: str) -> Callable[[F], F]:
-    """Decorator registering a :class:`GenerativeModel` subclass or a factory under ``name``.
+def register_model(name: str, kind: str = "generative") -> Callable[[F], F]:
+    """Decorator registering a model factory (or class) under ``name``.
 
     The factory takes keyword arguments only in practice (every parameter needs a
     default or must be given to :func:`build_model`) and returns a
-    :class:`GenerativeModel`; the object is returned unchanged.
+    :class:`GenerativeModel` (``kind="generative"``) or a
+    :class:`~brainkern.models.classifier.Classifier` (``kind="classifier"``); the
+    first line of its docstring is what ``python -m brainkern.train --list`` shows.
+    The object is returned unchanged.
 
     Raises:
-        ValueError: ``name`` is empty or already registered.
+        ValueError: ``name`` is empty or already registered, or an unknown ``kind``.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_model: name must be a non-empty string, got {name!r}")
+    if kind not in KINDS:
+        raise ValueError(f"register_model({name!r}): kind must be one of {sorted(KINDS)}, got {kind!r}")
 
     def decorator(factory: F) -> F:
         if name in _REGISTRY:
             raise ValueError(f"register_model: a model named {name!r} is already registered")
         _REGISTRY[name] = factory
+        _KIND[name] = kind
         return factory
 
     return decorator
 
 
-def model_names() -> list[str]:
-    """The registered model names, sorted."""
-    return sorted(_REGISTRY)
+def model_names(kind: str | None = None) -> list[str]:
+    """The registered model names (of one ``kind`` when given), sorted."""
+    return sorted(n for n in _REGISTRY if kind is None or _KIND[n] == kind)
+
+
+def model_kind(name: str) -> str:
+    """``"generative"`` or ``"classifier"``.
+
+    Raises:
+        ValueError: unknown model name.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(model_names())}")
+    return _KIND[name]
+
+
+def model_summaries() -> list[tuple[str, str, str]]:
+    """``(name, kind, first docstring line)`` of every registered model, sorted by kind and name."""
+    rows = []
+    for name in sorted(_REGISTRY, key=lambda n: (_KIND[n], n)):
+        doc = inspect.getdoc(_REGISTRY[name]) or ""
+        rows.append((name, _KIND[name], " ".join(doc.split("\n\n")[0].split())))
+    return rows
 
 
 def model_parameters(name: str) -> list[str]:
@@ -64,7 +109,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def build_model(name: str, **cfg: Any) -> GenerativeModel:
+def build_model(name: str, **cfg: Any) -> GenerativeModel | Classifier:
     """Builds the registered model ``name`` with the keyword arguments ``cfg``.
 
     The returned model's ``config`` holds ``name`` and every keyword argument of
@@ -106,10 +151,11 @@ def build_model(name: str, **cfg: Any) -> GenerativeModel:
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             arguments.update(arguments.pop(p.name, {}))
     model = factory(**arguments)
-    if not isinstance(model, GenerativeModel):
+    expected = KINDS[_KIND[name]]
+    if not isinstance(model, expected):
         raise TypeError(
             f"build_model({name!r}): the registered factory returned {type(model).__name__}, "
-            "not a GenerativeModel"
+            f"not a {expected.__name__}"
         )
     model.name = name
     model.config = {"name": name, **_plain(arguments)}

@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. train.lr=1e-4 or data.shape=[32,32,32] (repeatable)",
     )
     parser.add_argument("--no-evaluate", action="store_true", help="skip the end-of-run evaluation")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the registered models and classifiers and the presets, then exit",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -81,9 +86,30 @@ def _flag_overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+def listing() -> str:
+    """Every registered model and classifier with a line about it, and the presets."""
+    from brainkern.models import model_summaries
+    from brainkern.train.config import preset_names
+    from brainkern.train.recipes import RECIPES
+
+    rows = model_summaries()
+    width = max(len(name) for name, _, _ in rows)
+    lines = []
+    for kind in ("generative", "classifier"):
+        lines.append(f"{kind} models:")
+        mine = [(n, d) for n, k, d in rows if k == kind]
+        lines += [f"  {n:<{width}}  {d}" for n, d in mine] or ["  (none registered yet)"]
+    lines.append(f"training recipes (model families): {', '.join(sorted(RECIPES))}")
+    lines.append(f"presets: {', '.join(preset_names())}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list:
+        print(listing())
+        return 0
 
     from brainkern.train import config as config_mod
 

@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 4,
         "lr": 2.0e-4,
         "betas": [0.9, 0.999],
+        # Per-network optimiser settings over lr/betas, e.g. {"discriminator": {"lr": 4e-4}}
+        # (two time-scale updates); the recipe rejects a network it does not train.
+        "optim": {},
         "loss": None,  # default: the model's own ("wgan-gp", "standard" or "hinge")
         "g_updates": 2,  # generator (encoder-generator) updates per iteration
         "d_updates": 1,  # discriminator updates per iteration
@@ -97,6 +100,10 @@ _POSITIVE = {
     ("evaluate", "mmd_batch"),
     ("evaluate", "ms_ssim_pairs"),
 }
+
+
+# Sections whose keys others check: the model registry (model.*), the recipe (train.optim.*).
+_OPEN_SECTIONS = ("model", "train.optim")
 
 
 def configs_dir() -> Path:
@@ -160,13 +167,14 @@ def merge(base: dict[str, Any], update: dict[str, Any], *, where: str = "") -> d
     """``base`` updated by ``update`` section by section (a new dict).
 
     Raises:
-        KeyError: a key of ``update`` that ``base`` does not have (the model
-            section takes any key: the model registry checks those).
+        KeyError: a key of ``update`` that ``base`` does not have (the ``model``
+            and ``train.optim`` sections take any key: the model registry and the
+            recipe check those).
     """
     out = copy.deepcopy(base)
     for key, value in update.items():
         path = f"{where}.{key}" if where else key
-        if key not in out and where != "model":
+        if key not in out and where not in _OPEN_SECTIONS:
             known = ", ".join(sorted(out))
             raise KeyError(f"unknown config key {path!r}; known keys here: {known}")
         if isinstance(out.get(key), dict) and isinstance(value, dict):
@@ -185,6 +193,8 @@ def _numbers(value: Any) -> Any:
             return value
     if isinstance(value, list):
         return [_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in _TEXT_KEYS else _numbers(v) for k, v in value.items()}
     return value
 
 
@@ -243,6 +253,9 @@ def validate(cfg: dict[str, Any]) -> None:
         value = cfg["train"][key]
         if not isinstance(value, int | float) or value < 0:
             raise ValueError(f"train.{key} must be a number >= 0, got {value!r}")
+    optim = cfg["train"]["optim"]
+    if not isinstance(optim, dict) or not all(isinstance(v, dict) for v in optim.values()):
+        raise ValueError(f"train.optim maps network names to {{lr, betas}}, got {optim!r}")
     if not isinstance(cfg["seed"], int):
         raise ValueError(f"seed must be an integer, got {cfg['seed']!r}")
     if not isinstance(cfg["model"].get("name"), str):

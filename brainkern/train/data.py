@@ -101,13 +101,17 @@ class Batches:
     """Shuffled mini-batches of whole epochs, with Kwon et al.'s augmentation.
 
     Volumes are drawn without replacement within an epoch; a new permutation starts
-    each epoch (a last short batch is dropped). All randomness comes from one CPU
-    ``torch.Generator`` whose state, with the epoch's permutation and position, is
-    part of :meth:`state_dict`, so a resumed run sees the same batches.
+    each epoch (a last short batch is dropped). Items are read through the data
+    set's own interface (``dataset[i]``, so a ``dataset.transform`` applies) and
+    collated into a batch dict: ``image`` ``(B, 1, D, H, W)`` float32, ``label``
+    ``(B,)`` int64 and ``index`` ``(B,)`` int64, plus any other tensor or number
+    an item carries. All randomness comes from one CPU ``torch.Generator`` whose
+    state, with the epoch's permutation and position, is part of
+    :meth:`state_dict`, so a resumed run sees the same batches.
 
     Args:
-        volumes: ``(N, D, H, W)`` float32 array (may be memory-mapped).
-        indices: which volumes to use.
+        dataset: ``dataset[i]`` gives an item dict with at least ``image``.
+        indices: which items to use.
         batch_size: ``B``.
         seed: seed of the generator.
         flip: mirror left-right with probability 1/2.
@@ -118,7 +122,7 @@ class Batches:
 
     def __init__(
         self,
-        volumes: np.ndarray,
+        dataset,
         indices: np.ndarray,
         batch_size: int,
         *,
@@ -131,7 +135,7 @@ class Batches:
 
         if len(indices) < batch_size:
             raise ValueError(f"batch size {batch_size} exceeds the {len(indices)} training volumes")
-        self.volumes = volumes
+        self.dataset = dataset
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         self.batch_size = int(batch_size)
         self.device = torch.device(device)
@@ -145,21 +149,22 @@ class Batches:
     def __iter__(self) -> Batches:
         return self
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> dict[str, torch.Tensor]:
         if self.position + self.batch_size > len(self.order):
             self.order = self.indices[torch.randperm(len(self.indices), generator=self.generator)]
             self.position = 0
             self.epoch += 1
         idx = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        x = torch.from_numpy(np.stack([np.asarray(self.volumes[int(i)], dtype=np.float32) for i in idx]))
-        x = x.unsqueeze(1)
+        batch = collate([self.dataset[int(i)] for i in idx])
+        x = batch["image"]
         if self.flip is not None:
             x = self.flip(x, self.generator)
         if self.intensity is not None:
             # Scale the signal above the background of [-1, 1] data, not the background.
             x = self.intensity(x + 1.0, self.generator) - 1.0
-        return x.to(self.device, non_blocking=True)
+        batch["image"] = x
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -174,3 +179,22 @@ class Batches:
         self.order = state["order"].clone()
         self.position = int(state["position"])
         self.epoch = int(state["epoch"])
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Item dicts to a batch dict: tensors stacked, numbers to a 1-D tensor; other
+    values (subject names, paths) are left out of the batch.
+
+    Raises:
+        ValueError: no items, or items without an ``image``.
+    """
+    if not items or any("image" not in it for it in items):
+        raise ValueError("collate: needs one or more items, each with an 'image'")
+    out: dict[str, torch.Tensor] = {}
+    for key, first in items[0].items():
+        values = [it[key] for it in items]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(first, bool | int | float | np.integer | np.floating):
+            out[key] = torch.as_tensor(np.asarray(values))
+    return out

@@ -212,7 +212,7 @@ class Trainer:
         self.recipe: Recipe = make_recipe(self.model, cfg["train"], self.device)
         data = cfg["data"]
         self.batches = Batches(
-            self.dataset.volumes,
+            self.dataset,
             self.indices,
             cfg["train"]["batch_size"],
             seed=cfg["seed"],
@@ -387,8 +387,8 @@ class Trainer:
         with self._signals(), bar, open(self.metrics_path, "a") as metrics:
             while self.iteration < total:
                 start = time.perf_counter()
-                real = next(self.batches)
-                losses = self.recipe.step(real)
+                batch = next(self.batches)
+                losses = self.recipe.step(batch)
                 values = torch.stack([v.float() for v in losses.values()])
                 if not bool(torch.isfinite(values).all()):
                     bad = [k for k, v in losses.items() if not math.isfinite(float(v))]

@@ -3,8 +3,29 @@
 A recipe owns the optimisers of a :class:`~brainkern.models.GenerativeModel`'s
 networks and knows their update order; the engine (:mod:`brainkern.train.engine`)
 feeds it batches and handles everything else (logging, checkpoints, signals).
-New families (hinge-loss SN-GANs, HA-GANs, conditional GANs) add a recipe here and
-register it in :data:`RECIPES`; the engine does not change.
+A family exists by registering its recipe (:func:`register_recipe`); that is
+the one place where a family is named: a new family is one new recipe class, and
+the engine does not change.
+
+The contract a recipe keeps with the engine:
+
+- ``networks``: the networks a model of the family must have; ``trains``: those it
+  updates. Each trained network gets its own optimiser (Adam), with the run's
+  ``train.lr`` / ``train.betas`` unless ``train.optim.<network>`` overrides them
+  (two time-scale updates). A network of the model that the recipe does not train
+  must be frozen (no parameter requires a gradient): a trainable network without
+  an optimiser is an error at start, never a silently idle network.
+- ``step(batch)`` takes a dict: ``image`` ``(N, 1, D, H, W)``, ``label`` ``(N,)``
+  where the data set has labels, and whatever else an item carries (``position``
+  of a sub-volume, ``subject``, ``index``); it returns a dict of 0-d, detached
+  loss tensors (no device synchronisation).
+- hooks around the discriminators: ``before_critic`` hooks run before every
+  discriminator is called in a step (spectral-norm power iterations), and
+  ``critic_input`` hooks transform every input a discriminator sees, real and
+  fake, in the generator's and the discriminator's updates alike, and inside the
+  gradient penalty (differentiable augmentation).
+
+Families:
 
 - ``"gan"`` (G + D): WGAN-GP or standard / hinge GAN. Per iteration the
   generator is updated ``g_updates`` times, then the discriminator ``d_updates``
@@ -17,26 +38,28 @@ register it in :data:`RECIPES`; the engine does not change.
   reconstruction: the encoder minimises ``lambda_kl * KL + lambda_rec * L1``, the
   generator ``adversarial + lambda_rec * L1``, the discriminator sees real,
   reconstructed and sampled volumes.
-
-Every step returns a dict of 0-d, detached loss tensors (no device sync).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from brainkern.ops import gradient_penalty
 from brainkern.train.objectives import (
+    LOSSES,
     discriminator_loss,
     generator_loss,
     kl_standard_normal,
     l1_reconstruction,
 )
+
+Batch = Mapping[str, torch.Tensor]
+HOOKS = ("before_critic", "critic_input")
 
 
 @contextlib.contextmanager
@@ -52,24 +75,58 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+class _Critic(nn.Module):
+    """A discriminator seen through the recipe's ``critic_input`` hooks (and its labels).
+
+    The gradient penalty differentiates this view, so augmentation sits inside the
+    penalty as it does inside the losses. It is kept per network (not rebuilt per
+    call) because the lazy penalty counts calls per discriminator object.
+    """
+
+    def __init__(self, recipe: Recipe, name: str) -> None:
+        super().__init__()
+        self._recipe = [recipe]  # a list: not a registered submodule (no parameters twice)
+        self.name = name
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        recipe = self._recipe[0]
+        for hook in recipe.hooks["critic_input"]:
+            x = hook(x, self.name)
+        net = recipe.model[self.name]
+        return net(x) if labels is None else net(x, labels)
+
+
 class Recipe:
-    """Base class: optimisers per network, autocast, and the shared discriminator step.
+    """Base class: networks, optimisers per network, autocast, hooks, the critic step.
+
+    Subclasses set ``family`` (through :func:`register_recipe`), ``networks`` (what a
+    model of the family must have) and ``trains`` (which of them the recipe updates;
+    default: all of ``networks``), and implement :meth:`step`.
 
     Args:
-        model: the model; its ``networks()`` get one Adam optimiser each.
+        model: the model.
         train: the ``train`` section of the run configuration (``lr``, ``betas``,
-            ``loss``, ``g_updates``, ``d_updates``, ``lambda_gp``, ``lambda_rec``,
-            ``lambda_kl``, ``amp``).
+            ``optim``, ``loss``, ``g_updates``, ``d_updates``, ``lambda_gp``,
+            ``lambda_rec``, ``lambda_kl``, ``amp``).
         device: where the model lives.
+
+    Raises:
+        ValueError: the model lacks a network the family needs, has a trainable
+            network the recipe does not update, ``train.optim`` names a network
+            the recipe does not train, or the adversarial loss is unknown.
     """
 
     family = ""
+    networks: tuple[str, ...] = ()
+    trains: tuple[str, ...] | None = None
 
     def __init__(self, model: nn.Module, train: dict[str, Any], device: torch.device) -> None:
         self.model = model
         self.cfg = train
         self.device = torch.device(device)
         self.loss = train.get("loss") or model.loss
+        if self.loss not in LOSSES:
+            raise ValueError(f"{model.name}: unknown adversarial loss {self.loss!r}; choose one of {LOSSES}")
         self.g_updates = int(train["g_updates"])
         self.d_updates = int(train["d_updates"])
         self.lambda_gp = float(train["lambda_gp"])
@@ -79,10 +136,77 @@ class Recipe:
         self.amp_dtype = (
             torch.bfloat16 if (amp == "bf16" or (amp == "auto" and self.device.type == "cuda")) else None
         )
-        self.optimizers = {
-            name: torch.optim.Adam(net.parameters(), lr=float(train["lr"]), betas=tuple(train["betas"]))
-            for name, net in model.networks().items()
-        }
+        self.hooks: dict[str, list[Callable]] = {kind: [] for kind in HOOKS}
+        self.optimizers = self._build_optimizers(train)
+        self._critics: dict[str, _Critic] = {}
+
+    # -- contract checks and optimisers ---------------------------------------------
+
+    def _build_optimizers(self, train: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
+        model, family = self.model, self.family
+        have = list(model.networks())
+        missing = [n for n in self.networks if n not in have]
+        if missing:
+            raise ValueError(
+                f"{model.name}: family {family!r} needs the networks {list(self.networks)}; "
+                f"missing {missing} (the model has {have})"
+            )
+        trains = self.networks if self.trains is None else self.trains
+        idle = [n for n in have if n not in trains and any(p.requires_grad for p in model[n].parameters())]
+        if idle:
+            raise ValueError(
+                f"{model.name}: network(s) {idle} have trainable parameters but the {family!r} recipe "
+                f"gives them no optimiser (it trains {list(trains)}); freeze them "
+                "(requires_grad_(False)) or train them with a recipe that updates them"
+            )
+        per_net = dict(train.get("optim") or {})
+        unknown = sorted(set(per_net) - set(trains))
+        if unknown:
+            raise ValueError(
+                f"train.optim: {unknown} is not a network the {family!r} recipe trains; "
+                f"it trains {list(trains)}"
+            )
+        optimizers = {}
+        for name in trains:
+            opts = {"lr": train["lr"], "betas": train["betas"], **(per_net.get(name) or {})}
+            extra = sorted(set(opts) - {"lr", "betas"})
+            if extra:
+                raise ValueError(f"train.optim.{name}: unknown key(s) {extra}; allowed: lr, betas")
+            optimizers[name] = torch.optim.Adam(
+                model[name].parameters(), lr=float(opts["lr"]), betas=tuple(float(b) for b in opts["betas"])
+            )
+        return optimizers
+
+    # -- hooks ------------------------------------------------------------------------
+
+    def add_hook(self, kind: str, fn: Callable) -> Callable:
+        """Register ``fn`` as a ``before_critic`` or ``critic_input`` hook; returns it.
+
+        - ``before_critic``: ``fn(recipe, name)`` before discriminator ``name`` is
+          used in a step (once per update of any network that reads it);
+        - ``critic_input``: ``fn(x, name) -> x`` on every input of discriminator
+          ``name`` (real and fake, in every loss and in the gradient penalty).
+
+        Raises:
+            ValueError: an unknown kind.
+        """
+        if kind not in HOOKS:
+            raise ValueError(f"unknown hook kind {kind!r}; choose one of {HOOKS}")
+        self.hooks[kind].append(fn)
+        return fn
+
+    def critic(self, name: str) -> _Critic:
+        """Discriminator ``name`` seen through the ``critic_input`` hooks."""
+        if name not in self._critics:
+            self._critics[name] = _Critic(self, name)
+        return self._critics[name]
+
+    def _before_critic(self, *names: str) -> None:
+        for name in names:
+            for hook in self.hooks["before_critic"]:
+                hook(self, name)
+
+    # -- pieces of a step -------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -99,23 +223,50 @@ class Recipe:
     def _latent(self, n: int) -> torch.Tensor:
         return self.model.sample_latent(n, device=self.device)
 
-    def _penalty(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        return gradient_penalty(critic, real, fake, weight=self.lambda_gp)
+    def _penalty(
+        self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        kwargs = {} if labels is None else {"labels": labels}  # passed on to the critic
+        return gradient_penalty(critic, real, fake, weight=self.lambda_gp, **kwargs)
 
     def _critic_step(
-        self, name: str, critic: nn.Module, real: torch.Tensor, fakes: list[torch.Tensor]
+        self,
+        name: str,
+        real: torch.Tensor,
+        fakes: list[torch.Tensor],
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One update of ``critic`` against every fake set (WGAN-GP: a penalty per set)."""
+        """One update of discriminator ``name`` against every fake set (WGAN-GP: a penalty per set)."""
+        self._before_critic(name)
+        critic = self.critic(name)
         with self.autocast():
-            loss = discriminator_loss(self.loss, critic(real), [critic(f) for f in fakes])
+            loss = discriminator_loss(self.loss, critic(real, labels), [critic(f, labels) for f in fakes])
             gp = torch.zeros((), device=self.device)
             if self.loss == "wgan-gp":
-                gp = sum(self._penalty(critic, real, f) for f in fakes)
+                gp = sum(self._penalty(critic, real, f, labels) for f in fakes)
         self._update(loss + gp, name)
         short = "d" if name == "discriminator" else "c"
         return {f"loss_{short}": loss.detach(), f"gp_{short}": gp.detach()}
 
-    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def images(batch: Batch | torch.Tensor) -> torch.Tensor:
+        """The batch's ``image`` (a bare tensor is taken as the images)."""
+        return batch if isinstance(batch, torch.Tensor) else batch["image"]
+
+    def labels(self, batch: Batch | torch.Tensor) -> torch.Tensor | None:
+        """The batch's ``label`` for a conditional model, else ``None``.
+
+        Raises:
+            ValueError: a conditional model fed a batch without labels.
+        """
+        if not getattr(self.model, "conditional", False):
+            return None
+        if isinstance(batch, torch.Tensor) or "label" not in batch:
+            raise ValueError(f"{self.model.name} is conditional: its batches need a 'label'")
+        return batch["label"]
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One training iteration on ``batch``; returns detached 0-d losses by name."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -124,46 +275,77 @@ class Recipe:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = set(self.optimizers) ^ set(state)
         if missing:
-            raise KeyError(f"optimiser states do not match the model's networks: {sorted(missing)}")
+            raise KeyError(f"optimiser states do not match the trained networks: {sorted(missing)}")
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state[name])
 
 
+RECIPES: dict[str, type[Recipe]] = {}
+
+R = TypeVar("R", bound=type[Recipe])
+
+
+def register_recipe(family: str) -> Callable[[R], R]:
+    """Class decorator: ``cls`` drives the models whose ``family`` is ``family``.
+
+    Raises:
+        ValueError: an empty or already registered family, or a class that does not
+            say which networks it needs.
+    """
+
+    def decorator(cls: R) -> R:
+        if not family or family in RECIPES:
+            raise ValueError(f"register_recipe: family {family!r} is empty or already registered")
+        if not cls.networks:
+            raise ValueError(f"register_recipe({family!r}): {cls.__name__}.networks is empty")
+        cls.family = family
+        RECIPES[family] = cls
+        return cls
+
+    return decorator
+
+
+@register_recipe("gan")
 class GANRecipe(Recipe):
     """Generator + discriminator (``wgan-gp`` and other plain GANs)."""
 
-    family = "gan"
+    networks = ("generator", "discriminator")
 
-    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        G, D = self.model.generator, self.model.discriminator
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        real, y = self.images(batch), self.labels(batch)
+        model, D = self.model, self.critic("discriminator")
         n = real.shape[0]
         logs: dict[str, torch.Tensor] = {}
-        with frozen(D):
+        with frozen(model.discriminator):
             for _ in range(self.g_updates):
+                self._before_critic("discriminator")
                 with self.autocast():
-                    loss_g = generator_loss(self.loss, [D(G(self._latent(n)))])
+                    loss_g = generator_loss(self.loss, [D(model.generate(self._latent(n), y), y)])
                 self._update(loss_g, "generator")
         logs["loss_g"] = loss_g.detach()
         for _ in range(self.d_updates):
             with torch.no_grad(), self.autocast():
-                fake = G(self._latent(n)).float()
-            logs.update(self._critic_step("discriminator", D, real, [fake]))
+                fake = model.generate(self._latent(n), y).float()
+            logs.update(self._critic_step("discriminator", real, [fake], y))
         return logs
 
 
+@register_recipe("alpha")
 class AlphaRecipe(Recipe):
     """Encoder + generator + discriminator + code discriminator (alpha-GAN family)."""
 
-    family = "alpha"
+    networks = ("encoder", "generator", "discriminator", "code_discriminator")
 
-    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        real = self.images(batch)
         E, G = self.model.encoder, self.model.generator
-        D, C = self.model.discriminator, self.model.code_discriminator
+        D, C = self.critic("discriminator"), self.critic("code_discriminator")
         n = real.shape[0]
         logs: dict[str, torch.Tensor] = {}
         # 1. encoder and generator as one network (Kwon et al.: L_G + L_E, updated twice).
-        with frozen(D, C):
+        with frozen(self.model.discriminator, self.model.code_discriminator):
             for _ in range(self.g_updates):
+                self._before_critic("discriminator", "code_discriminator")
                 with self.autocast():
                     z_e = E(real)
                     x_rec, x_rand = G(z_e), G(self._latent(n))
@@ -178,23 +360,26 @@ class AlphaRecipe(Recipe):
             z_e = E(real).float()
             x_rec, x_rand = G(z_e).float(), G(self._latent(n)).float()
         for _ in range(self.d_updates):
-            logs.update(self._critic_step("discriminator", D, real, [x_rec, x_rand]))
+            logs.update(self._critic_step("discriminator", real, [x_rec, x_rand]))
         # 3. the code discriminator: prior samples are "real", encodings "fake".
-        logs.update(self._critic_step("code_discriminator", C, self._latent(n), [z_e]))
+        logs.update(self._critic_step("code_discriminator", self._latent(n), [z_e]))
         return logs
 
 
+@register_recipe("vae-gan")
 class VAEGANRecipe(Recipe):
     """Variational encoder + generator + discriminator (VAE-GAN)."""
 
-    family = "vae-gan"
+    networks = ("encoder", "generator", "discriminator")
 
-    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        E, G, D = self.model.encoder, self.model.generator, self.model.discriminator
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        real = self.images(batch)
+        E, G, D = self.model.encoder, self.model.generator, self.critic("discriminator")
         n = real.shape[0]
         logs: dict[str, torch.Tensor] = {}
-        with frozen(D):
+        with frozen(self.model.discriminator):
             for _ in range(self.g_updates):
+                self._before_critic("discriminator")
                 with self.autocast():
                     mu, logvar = E(real)
                     z_e = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
@@ -218,18 +403,16 @@ class VAEGANRecipe(Recipe):
             z_e = (mu + torch.randn_like(mu) * (0.5 * logvar).exp()).float()
             x_rec, x_rand = G(z_e).float(), G(self._latent(n)).float()
         for _ in range(self.d_updates):
-            logs.update(self._critic_step("discriminator", D, real, [x_rec, x_rand]))
+            logs.update(self._critic_step("discriminator", real, [x_rec, x_rand]))
         return logs
 
 
-RECIPES: dict[str, type[Recipe]] = {r.family: r for r in (GANRecipe, AlphaRecipe, VAEGANRecipe)}
-
-
 def make_recipe(model: nn.Module, train: dict[str, Any], device: torch.device | str) -> Recipe:
-    """The recipe for ``model.family``.
+    """The recipe for ``model.family``, its contract with the model checked.
 
     Raises:
-        ValueError: a family without a recipe.
+        ValueError: a family without a recipe, or a model that breaks the family's
+            contract (see :class:`Recipe`).
     """
     try:
         cls = RECIPES[model.family]

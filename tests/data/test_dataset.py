@@ -34,10 +34,15 @@ def _world_com(data, affine):
 
 def test_items_and_config(tmp_path):
     ds = VolumeDataset.from_table(make_table(tmp_path), shape=(8, 9, 10))
-    x, y = ds[4]
+    item = ds[4]
+    x, y = item["image"], item["label"]
     assert x.shape == (1, 8, 9, 10) and x.dtype == torch.float32 and isinstance(y, int) and y == 1
+    assert item["index"] == 4 and ds[-1]["index"] == 5
     assert float(x.min()) == pytest.approx(-1.0) and float(x.max()) == pytest.approx(1.0)
-    assert ds[-1][0].shape == (1, 8, 9, 10)
+    assert ds[-1]["image"].shape == (1, 8, 9, 10)
+    ds.transform = lambda it: {**it, "image": it["image"] * 0, "seen": True}
+    assert ds[4]["seen"] and float(ds[4]["image"].abs().max()) == 0
+    ds.transform = None
     with pytest.raises(IndexError):
         ds[6]
     cfg = ds.config
@@ -197,7 +202,7 @@ def test_cache_hit_miss_and_invalidation(tmp_path, monkeypatch):
     np.testing.assert_array_equal(second.mask, first.mask)
     np.testing.assert_allclose(second.affine, first.affine)
     assert second.config == first.config and second.config["cache_key"]
-    torch.testing.assert_close(second[3][0], first[3][0])
+    torch.testing.assert_close(second[3]["image"], first[3]["image"])
     # other settings: a miss
     with monkeypatch.context() as m:
         _no_nifti_reads(m)
@@ -245,7 +250,7 @@ def test_pickle_reopens_memmap(tmp_path):
     blob = pickle.dumps(ds)
     assert len(blob) < ds.volumes.nbytes  # the arrays are not copied into the pickle
     clone = pickle.loads(blob)
-    torch.testing.assert_close(clone[2][0], ds[2][0])
+    torch.testing.assert_close(clone[2]["image"], ds[2]["image"])
     assert clone.classes == ds.classes
 
 

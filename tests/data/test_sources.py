@@ -68,8 +68,8 @@ def test_class_folders(tmp_path):
     assert recs[-1].subject == "sub1"
     ds = VolumeDataset.from_folder(tmp_path / "data", shape=(8, 8, 8))
     assert ds.classes == ["control", "patient"] and len(ds) == 6
-    x, y = ds[5]
-    assert x.shape == (1, 8, 8, 8) and y == 1
+    item = ds[5]
+    assert item["image"].shape == (1, 8, 8, 8) and item["label"] == 1
 
 
 def test_empty_folders(tmp_path):

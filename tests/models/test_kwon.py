@@ -66,8 +66,9 @@ def test_build_and_shapes(name, shape):
         "vae-gan": ["encoder", "generator", "discriminator"],
     }[m.family]
     assert list(m.networks()) == order
-    assert (m.encoder is None) == (m.family == "gan")
-    assert (m.code_discriminator is None) == (m.family != "alpha")
+    assert ("encoder" in m) == (m.family != "gan")
+    assert ("code_discriminator" in m) == (m.family == "alpha")
+    assert not m.conditional and m.num_classes == 0
 
     z = m.sample_latent(n)
     assert z.shape == (n, L) and z.dtype == torch.float32
@@ -75,14 +76,14 @@ def test_build_and_shapes(name, shape):
     assert x.shape == (n, 1, *shape)
     assert x.abs().max() <= 1.0
     assert m.discriminator(x).shape == (n, 1)
-    if m.encoder is not None:
+    if "encoder" in m:
         code = m.encoder(x)
         if m.family == "vae-gan":
             mu, logvar = code
             assert mu.shape == logvar.shape == (n, L)
         else:
             assert code.shape == (n, L)
-    if m.code_discriminator is not None:
+    if "code_discriminator" in m:
         assert m.code_discriminator(z).shape == (n, 1)
     feats = m.discriminator.features(x)
     assert [f.shape[1] for f in feats] == [4, 8, 16, 32]
@@ -275,7 +276,7 @@ def test_sample_restores_mode_on_error(monkeypatch):
     m = _small("wgan-gp")
     m.train()
 
-    def boom(z):
+    def boom(z, labels=None):
         assert not m.generator.training and not torch.is_grad_enabled()
         raise RuntimeError("boom")
 

@@ -162,8 +162,10 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkey
 
     def poisoned(self):
         calls["n"] += 1
-        x = original(self)
-        return torch.full_like(x, float("nan")) if calls["n"] == 5 else x
+        batch = original(self)
+        if calls["n"] == 5:
+            batch["image"] = torch.full_like(batch["image"], float("nan"))
+        return batch
 
     monkeypatch.setattr(data.Batches, "__next__", poisoned)
     with pytest.raises(Diverged, match="non-finite at iteration 5.*last good checkpoint"):
