@@ -87,15 +87,16 @@ def build_plan(
         return BuildPlan(extension=True, cuda=False, arch_list=None)
     cuda_home, torch_cuda = probe()
     if force_cuda:
-        if cuda_home is None:
-            raise ValueError(
-                "BRAINKERN_FORCE_CUDA=1 but PyTorch found no CUDA toolkit: set CUDA_HOME to the "
-                "folder that holds bin/nvcc, or put nvcc on PATH"
-            )
+        # First: a CPU-only torch also reports no toolkit (it does not look for one).
         if torch_cuda is None:
             raise ValueError(
                 "BRAINKERN_FORCE_CUDA=1 but this PyTorch is a CPU-only build (torch.version.cuda is "
                 "None); install a CUDA build of PyTorch"
+            )
+        if cuda_home is None:
+            raise ValueError(
+                "BRAINKERN_FORCE_CUDA=1 but PyTorch found no CUDA toolkit: set CUDA_HOME to the "
+                "folder that holds bin/nvcc, or put nvcc on PATH"
             )
     cuda = cuda_home is not None and torch_cuda is not None
     arch_list = DEFAULT_ARCH_LIST if cuda and not env.get("TORCH_CUDA_ARCH_LIST", "").strip() else None
