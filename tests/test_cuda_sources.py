@@ -2,14 +2,28 @@
 
 The ``.cu`` files include no torch headers (raw pointers and launchers that take
 a ``cudaStream_t``), so nvcc alone can compile them on a machine without a GPU
-or a CUDA build of PyTorch. Skipped, not failed, where nvcc is absent.
+or a CUDA build of PyTorch. ``-Xptxas -v`` reports each kernel's registers,
+static shared memory and spills; a kernel that spills fails. Skipped, not
+failed, where nvcc is absent.
+
+Both checks here (nvcc on the ``.cu`` files, g++ on the torch-side wrappers) take
+about 3 minutes on 2 cores, so a pass is cached under a hash of the source, every
+project header it includes, the compiler's version and the flags
+(``$BRAINKERN_CACHE/compile-checks``, default ``~/.cache/brainkern/compile-checks``):
+a cached pass is reported as a pass at once; ``BRAINKERN_RECHECK=1`` compiles
+again. ``scripts/kernel_resources.py`` prints the per-kernel figures as tables.
 """
 
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+from scripts import kernel_resources as kr
 
 ROOT = Path(__file__).resolve().parents[1]
 CU_FILES = sorted((ROOT / "csrc").glob("*/*.cu"))
@@ -22,25 +36,51 @@ def test_every_op_folder_has_cuda_source():
     assert not missing, f"op folders without a .cu file: {missing}"
 
 
+def test_local_includes_follow_project_headers():
+    """The cache key covers the op's header and csrc/cuda_common.h, not only the .cu file."""
+    files = {p.relative_to(ROOT).as_posix() for p in kr.local_includes(ROOT / "csrc" / "mmd" / "mmd.cu")}
+    assert {"csrc/mmd/mmd.cu", "csrc/mmd/mmd.h", "csrc/cuda_common.h"} <= files
+
+
+def test_parse_ptxas_reads_spills_registers_and_smem():
+    log = (
+        "ptxas info    : Compiling entry function '_Z1kPf' for 'sm_90'\n"
+        "ptxas info    : Function properties for _Z1kPf\n"
+        "    24 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads\n"
+        "ptxas info    : Used 255 registers, used 1 barriers, 8448 bytes smem, 384 bytes cmem[0]\n"
+        "ptxas info    : Compiling entry function '_Z1gv' for 'sm_90'\n"
+        "ptxas info    : Function properties for _Z1gv\n"
+        "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+        "ptxas info    : Used 12 registers, used 0 barriers\n"
+    )
+    funcs = kr.parse_ptxas(log)
+    assert funcs["_Z1kPf"] == {
+        "registers": 255,
+        "stack": 24,
+        "spill_stores": 8,
+        "spill_loads": 12,
+        "smem": 8448,
+    }
+    assert funcs["_Z1gv"] == {"registers": 12, "stack": 0, "spill_stores": 0, "spill_loads": 0, "smem": 0}
+    assert kr.spill_bytes(funcs["_Z1kPf"]) == 20
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("source", CU_FILES, ids=[p.parent.name for p in CU_FILES])
-def test_cuda_source_compiles_for_sm90(source, tmp_path):
-    cmd = [
-        NVCC,
-        "-std=c++17",
-        "-O2",
-        "-arch=sm_90",
-        "-I",
-        str(ROOT / "csrc"),
-        "-Werror",
-        "all-warnings",
-        "-c",
-        str(source),
-        "-o",
-        str(tmp_path / "out.o"),
+def test_cuda_source_compiles_for_sm90(source, record_property):
+    result, from_cache = kr.nvcc_check(source, NVCC)
+    assert result["ok"], f"{result['command']}\n{result['log']}"
+    kernels = result["kernels"]
+    assert kernels, f"ptxas -v reported no kernel for {source.name}:\n{result['log']}"
+    lines = [
+        f"{k['kernel']}<{k['template']}>: {k.get('registers', '-')} registers, {k.get('smem', 0)} B static "
+        f"shared, {k['spill_stores']} B spill stores, {k['spill_loads']} B spill loads"
+        for k in kernels
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stdout}\n{out.stderr}"
+    record_property("kernels", "; ".join(lines))
+    record_property("from_cache", from_cache)
+    spilling = [line for k, line in zip(kernels, lines, strict=True) if kr.spill_bytes(k)]
+    assert not spilling, f"{source.name}: kernels spill to local memory:\n" + "\n".join(spilling)
 
 
 CUDA_CPP_FILES = sorted((ROOT / "csrc").glob("*/*_cuda.cpp"))
@@ -50,8 +90,6 @@ CXX = shutil.which("g++") or shutil.which("c++")
 def _cuda_include() -> Path | None:
     if NVCC is None:
         return None
-    import os
-
     candidates = [Path(os.environ[v]) / "include" for v in ("CUDA_HOME", "CUDA_PATH") if v in os.environ]
     candidates += [Path(NVCC).resolve().parents[1] / "include", Path("/usr/local/cuda/include")]
     return next((c for c in candidates if (c / "cuda_runtime.h").exists()), None)
@@ -62,22 +100,38 @@ def _cuda_include() -> Path | None:
 _CMAKE_MACROS = "#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n"
 
 
+def _parse_wrapper(source: Path, includes: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        stub = Path(tmp) / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+        stub.parent.mkdir(parents=True)
+        stub.write_text(_CMAKE_MACROS)
+        flags = ["-std=c++17", "-fsyntax-only", "-DWITH_CUDA", *(f"-I{p}" for p in [*includes, tmp])]
+        cmd = [CXX, *flags, str(source)]  # the stub's folder last: a real generated header wins
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return {"ok": out.returncode == 0, "command": " ".join(cmd), "log": out.stdout + out.stderr}
+
+
 @pytest.mark.skipif(NVCC is None or CXX is None, reason="nvcc or a C++ compiler is missing")
 @pytest.mark.parametrize("source", CUDA_CPP_FILES, ids=[p.parent.name for p in CUDA_CPP_FILES])
-def test_cuda_wrapper_parses(source, tmp_path):
+def test_cuda_wrapper_parses(source):
     """The torch-side CUDA wrappers parse against this torch's headers (no link)."""
     import sysconfig
 
+    import torch
     from torch.utils.cpp_extension import include_paths
 
     cuda_include = _cuda_include()
     if cuda_include is None:
         pytest.skip("CUDA headers not found beside nvcc")
-    stub = tmp_path / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
-    stub.parent.mkdir(parents=True)
-    stub.write_text(_CMAKE_MACROS)
     includes = [str(ROOT / "csrc"), *include_paths(), str(cuda_include), sysconfig.get_paths()["include"]]
-    includes.append(str(tmp_path))  # last: a real generated header wins
-    cmd = [CXX, "-std=c++17", "-fsyntax-only", "-DWITH_CUDA", *(f"-I{p}" for p in includes), str(source)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, f"{' '.join(cmd)}\n{out.stdout}\n{out.stderr}"
+    key = kr.digest(
+        "wrapper",
+        kr.sources_digest(kr.local_includes(source)),
+        kr.tool_version(CXX),
+        torch.__version__,
+        includes,
+        kr.tool_version(NVCC),  # the CUDA headers it parses against
+        sys.version,
+    )
+    result, _ = kr.cached("wrapper", key, lambda: _parse_wrapper(source, includes))
+    assert result["ok"], f"{result['command']}\n{result['log']}"
