@@ -107,8 +107,12 @@ _OPEN_SECTIONS = ("model", "train.optim")
 
 
 def configs_dir() -> Path:
-    """The folder of preset files (``configs/`` at the top of the repository)."""
-    return Path(__file__).resolve().parents[2] / "configs"
+    """The folder of preset files, ``brainkern/configs/``.
+
+    The presets ship inside the package (as package data), so an installed
+    brainkern finds them from any working directory, without the repository.
+    """
+    return Path(__file__).resolve().parents[1] / "configs"
 
 
 def preset_names() -> list[str]:
