@@ -7,8 +7,10 @@ deterministic two-stage reduction: partial sums of squares per (sample, chunk),
 then one program that finishes the norms and the penalty.
 
 Accumulation is in float32, float64 for float64 inputs. ``weight`` and
-``center`` travel in a small tensor of the accumulation dtype (Triton would round
-Python floats to float32, which float64 tests would notice).
+``center`` are kernel arguments annotated ``tl.float64`` (a plain Python float
+argument would be rounded to float32, which float64 results would show) and are
+turned into the accumulation dtype inside the kernel; no parameter tensor is
+built from host data, so a call only queues work (no blocking host-to-device copy).
 """
 
 from __future__ import annotations
@@ -17,13 +19,28 @@ import torch
 import triton
 import triton.language as tl
 
-_BLOCK = 1024
-_NORM_CHUNK = 8192  # elements per partial sum; as kNormChunk in csrc/gradient_penalty/gradient_penalty.h
-_FINISH_B = 32
-_FINISH_C = 64
+# Tile sizes, read at every launch (tests shrink them to force many tiles and chunks).
+_BLOCK = 1024  # elements per program of the elementwise kernels
+_NORM_CHUNK = 8192  # elements per partial sum, a multiple of _BLOCK; as kNormChunk in gradient_penalty.h
+_FINISH_B = 32  # samples per step of the finishing reduction
+_FINISH_C = 64  # chunks per step of the finishing reduction
 MAX_BATCH = 65535  # CUDA's limit on the grid's second dimension
 
 TWO_SIDED, ONE_SIDED, R1 = 0, 1, 2
+
+
+@triton.jit
+def _acc_scalar(value, IS_FP64: tl.constexpr):
+    """A ``tl.float64`` argument as a 0-d value of the accumulation dtype.
+
+    ``tl.full`` with a float64 dtype keeps every bit of the value, also in the CPU
+    interpreter (where the argument arrives as a Python float and arithmetic with it
+    would round it to float32 first).
+    """
+    x = tl.full((), value, tl.float64)
+    if not IS_FP64:
+        x = x.to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -103,17 +120,19 @@ def _gradient_penalty_norm_fwd_kernel(
 @triton.jit
 def _gradient_penalty_norm_finish_kernel(
     partial_ptr,  # (B, CHUNKS) sums of squares per chunk
-    params_ptr,  # (2,) [weight, center] in the accumulation dtype
     norms_ptr,  # (B,) output: per-sample L2 norms
     penalty_ptr,  # () output: weight * mean_b f(norms[b]), in grad's dtype
+    weight_arg: tl.float64,  # lambda
+    center_arg: tl.float64,  # the target norm
     B,  # batch size
     CHUNKS,  # chunks per sample
+    IS_FP64: tl.constexpr,  # accumulate in float64 (else float32)
     MODE: tl.constexpr,  # 0 two-sided, 1 one-sided, 2 r1
     BLOCK_B: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    weight = tl.load(params_ptr)
-    center = tl.load(params_ptr + 1)
+    weight = _acc_scalar(weight_arg, IS_FP64)
+    center = _acc_scalar(center_arg, IS_FP64)
     terms = tl.zeros((BLOCK_B,), dtype=weight.dtype)
     # while loops, not range(): runtime loop bounds must also run in Triton's CPU interpreter.
     b0 = 0
@@ -151,10 +170,12 @@ def _gradient_penalty_norm_bwd_kernel(
     dpen_ptr,  # () gradient of the loss w.r.t. the penalty, grad's dtype
     grad_ptr,  # (B, N) gradient of the discriminator w.r.t. its input
     norms_ptr,  # (B,) per-sample norms from the forward, accumulation dtype
-    params_ptr,  # (2,) [weight, center] in the accumulation dtype
     dgrad_ptr,  # (B, N) output: d penalty / d grad
+    weight_arg: tl.float64,  # lambda
+    center_arg: tl.float64,  # the target norm
     B,  # batch size
     N,  # elements per sample
+    IS_FP64: tl.constexpr,  # accumulate in float64 (else float32)
     MODE: tl.constexpr,  # 0 two-sided, 1 one-sided, 2 r1
     BLOCK: tl.constexpr,
 ):
@@ -162,8 +183,8 @@ def _gradient_penalty_norm_bwd_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     base = b * N
-    weight = tl.load(params_ptr)
-    center = tl.load(params_ptr + 1)
+    weight = _acc_scalar(weight_arg, IS_FP64)
+    center = _acc_scalar(center_arg, IS_FP64)
     n = tl.load(norms_ptr + b)
     scale = tl.load(dpen_ptr).to(weight.dtype) * weight / B
     if MODE == 2:
@@ -180,10 +201,6 @@ def _gradient_penalty_norm_bwd_kernel(
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _params(weight: float, center: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([weight, center], dtype=_acc_dtype(x.dtype), device=x.device)
 
 
 def interp(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -225,11 +242,13 @@ def norm(grad: torch.Tensor, weight: float, center: float, mode: int) -> tuple[t
     )
     _gradient_penalty_norm_finish_kernel[(1,)](
         partial,
-        _params(weight, center, grad),
         norms,
         penalty,
+        weight,
+        center,
         B,
         chunks,
+        IS_FP64=grad.dtype == torch.float64,
         MODE=mode,
         BLOCK_B=_FINISH_B,
         BLOCK_C=_FINISH_C,
@@ -246,6 +265,16 @@ def norm_backward(
     dgrad = torch.empty_like(grad)
     grid = (triton.cdiv(N, _BLOCK), B)
     _gradient_penalty_norm_bwd_kernel[grid](
-        dpen, grad, norms, _params(weight, center, grad), dgrad, B, N, MODE=mode, BLOCK=_BLOCK
+        dpen,
+        grad,
+        norms,
+        dgrad,
+        weight,
+        center,
+        B,
+        N,
+        IS_FP64=grad.dtype == torch.float64,
+        MODE=mode,
+        BLOCK=_BLOCK,
     )
     return dgrad

@@ -24,6 +24,10 @@ al. 2018: ``||grad_x D(real)||^2`` on real data).
 
 Each fused piece has the ``reference`` (plain PyTorch), ``cpu``, ``cuda`` and
 ``triton`` backends, chosen per call (:mod:`brainkern.ops._backend`).
+On the device backends a call only queues work: ``weight`` and ``center`` reach
+the kernels as scalar arguments, nothing is read back to the host and no tensor
+is built from host data, so a training step never waits here
+(``tests/test_host_sync.py``).
 :func:`gradient_penalty_reference` is the plain ``torch.autograd.grad`` form and
 the test oracle.
 """
