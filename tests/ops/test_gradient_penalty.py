@@ -12,6 +12,26 @@ from torch.utils.checkpoint import checkpoint
 import brainkern.nn as bnn
 from brainkern.ops import BackendError, gradient_penalty, gradient_penalty_reference, use_backend
 from brainkern.ops.gradient_penalty import MODES, interpolate, norm_penalty
+from tests.guards import poisoned_outputs
+
+
+@pytest.fixture(autouse=True)
+def _triton_outputs_guarded(request):
+    """On the Triton backend, every kernel output of the test sits inside poisoned margins.
+
+    A kernel writing past its output then fails the test that ran it (at teardown,
+    naming the buffer) instead of corrupting the heap for a later test.
+    """
+    callspec = getattr(request.node, "callspec", None)
+    pair = callspec.params.get("backend_device") if callspec is not None else None
+    if pair is None or pair[0] != "triton":
+        yield
+        return
+    from brainkern.kernels import gradient_penalty as tk  # noqa: PLC0415  (imports triton)
+
+    with poisoned_outputs(tk):
+        yield
+
 
 # ---------------------------------------------------------------------------
 # discriminators built here, after the seed papers
@@ -272,6 +292,85 @@ def test_norm_penalty_zero_and_nan_samples(backend_device):
         assert torch.isnan(p), f"{mode}: a NaN gradient norm was hidden"
         assert torch.isnan(dg[2]).all() or mode == "r1"
         assert torch.isnan(dg[2, 1, 1])
+
+
+# ---------------------------------------------------------------------------
+# Triton: many programs and chunks per sample, outputs inside poisoned buffers
+
+
+@pytest.fixture
+def small_tiles(backend_device, monkeypatch):
+    """The Triton kernels' module with tiles of a few elements (Triton backends only).
+
+    16-element programs, 32-element partial sums and a 2 x 2 finishing tile make
+    every loop and mask edge of the kernels appear on inputs of a few hundred elements.
+    """
+    if backend_device[0] != "triton":
+        pytest.skip("the tiling of the Triton kernels")
+    from brainkern.kernels import gradient_penalty as tk  # noqa: PLC0415  (imports triton)
+
+    monkeypatch.setattr(tk, "_BLOCK", 16)
+    monkeypatch.setattr(tk, "_NORM_CHUNK", 32)
+    monkeypatch.setattr(tk, "_FINISH_B", 2)
+    monkeypatch.setattr(tk, "_FINISH_C", 2)
+    return tk
+
+
+# With the small tiles: 210 elements a sample are 14 programs (the last with 2 live
+# lanes of 16) and 7 partial sums (the last of 18), 3 samples take 2 finishing steps
+# (the second half empty) and 7 chunks 4 (the last half empty); 64 elements a sample
+# divide evenly (no partial edge anywhere); 12 (latent codes) fit one partial program.
+TILE_SHAPES = [(3, 2, 5, 7, 3), (4, 1, 4, 4, 4), (5, 12)]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", TILE_SHAPES, ids=str)
+def test_triton_small_tiles_stay_inside_the_outputs(backend_device, small_tiles, shape, dtype, mode):
+    _, device = backend_device
+    B, numel = shape[0], torch.Size(shape[1:]).numel()
+    per_sample = (-1, *[1] * (len(shape) - 1))
+    real = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
+    fake = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
+    eps = torch.rand(B, dtype=dtype, device=device)
+    G = torch.randn(shape, dtype=dtype, device=device)
+    # norms from 0.3 to 2 around the centre 0.9, so every branch of the penalty is used
+    spread = torch.linspace(0.3, 2.0, B, dtype=dtype, device=device).view(per_sample)
+    grad = (torch.randn(shape, dtype=dtype, device=device) * spread / numel**0.5).requires_grad_(True)
+    go = torch.tensor(1.7, dtype=dtype, device=device)
+    with use_backend("triton"), poisoned_outputs(small_tiles) as guard:
+        x = interpolate(real, fake, eps)
+        gr, gf = torch.autograd.grad(x, (real, fake), G)
+        p = norm_penalty(grad, 3.0, 0.9, mode)
+        (dg,) = torch.autograd.grad(p, grad, go)
+    # interpolation 1, its backward 2, the norm 3 (partial sums, norms, penalty), its backward 1
+    assert guard.count == 7, "the launchers did not allocate through the guarded torch"
+    # float32: each output element is one rounding of a two-term sum; the norms sum
+    # at most 210 squares in float32, far inside 1e-5 relative.
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    e = eps.view(per_sample)
+    torch.testing.assert_close(x, _interp_ref64(real, fake, eps).to(dtype), rtol=tol, atol=tol)
+    torch.testing.assert_close(gr, e * G, rtol=tol, atol=tol)
+    torch.testing.assert_close(gf, (1 - e) * G, rtol=tol, atol=tol)
+    g64 = grad.detach().double().requires_grad_(True)
+    ref = _norm_ref64(g64, 3.0, 0.9, mode)
+    (dref,) = torch.autograd.grad(ref, g64, go.double())
+    torch.testing.assert_close(p.double(), ref, rtol=tol, atol=0)
+    torch.testing.assert_close(dg.double(), dref, rtol=tol, atol=tol * dref.abs().max().item())
+
+
+def test_triton_whole_penalty_over_many_chunks(backend_device, small_tiles, monkeypatch):
+    """Kwon's discriminator at 16^3, batch 3: 64 programs and 32 partial sums a sample."""
+    _, device = backend_device
+    monkeypatch.setattr(small_tiles, "_BLOCK", 64)  # fewer programs: the interpreter runs each in turn
+    monkeypatch.setattr(small_tiles, "_NORM_CHUNK", 128)
+    D = KwonDiscriminator(bnn.Conv3d).to(device, torch.float64)
+    real = torch.randn(3, 1, 16, 16, 16, device=device, dtype=torch.float64)
+    fake = torch.randn_like(real)
+    eps = torch.rand(3, device=device, dtype=torch.float64)
+    with use_backend("triton"), poisoned_outputs(small_tiles) as guard:
+        _assert_same_penalty(D, real, fake, 1e-9, eps=eps)
+    assert guard.count >= 5
 
 
 # ---------------------------------------------------------------------------
