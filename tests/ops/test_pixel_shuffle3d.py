@@ -3,10 +3,17 @@
 Both ops only move data, so every comparison is ``torch.equal`` (no tolerance),
 in every dtype. The reference itself is checked against an explicit index
 formula and against MONAI's ``pixelshuffle`` / ``pixelunshuffle``.
+
+Every Triton call allocates its output inside poisoned margins
+(``tests.guards.poisoned_outputs``), so a kernel that writes one element past its
+output fails the test that made it, instead of corrupting the heap for a later
+one; a sweep with tiles shrunk to a few elements makes every mask edge (partial
+row blocks, partial column blocks) appear on small inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import shutil
 import subprocess
@@ -25,6 +32,7 @@ from brainkern.ops import (
     pixel_unshuffle3d_reference,
     use_backend,
 )
+from tests.guards import poisoned_outputs
 
 # The submodule, which the function of the same name shadows as an attribute of brainkern.ops.
 ps_module = importlib.import_module("brainkern.ops.pixel_shuffle3d")
@@ -41,6 +49,15 @@ CASES = [
     ((1, 8, 27, 32, 23), 2),
 ]
 CASE_IDS = ["7x5x3-r2", "5x3x4-r3", "r1", "27x32x23-r2"]
+
+
+def _guarded(backend: str) -> contextlib.AbstractContextManager:
+    """For ``triton``: its outputs sit inside poisoned margins, checked on exit. Others: nothing."""
+    if backend != "triton":
+        return contextlib.nullcontext()
+    from brainkern.kernels import pixel_shuffle3d as kernels  # noqa: PLC0415  (imports triton)
+
+    return poisoned_outputs(kernels)
 
 
 def _rand(shape, dtype, device):
@@ -93,7 +110,7 @@ def test_public_op_matches_monai_on_every_backend(backend_device):
     monai_utils = pytest.importorskip("monai.networks.utils")
     backend, device = backend_device
     x = torch.randn(2, 16, 3, 5, 4, device=device)
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         y = pixel_shuffle3d(x, 2)
         z = pixel_unshuffle3d(y, 2)
     assert torch.equal(y, monai_utils.pixelshuffle(x, 3, 2))
@@ -109,7 +126,7 @@ def test_shuffle_and_unshuffle_are_bit_exact(backend_device, shape, r, dtype):
     backend, device = backend_device
     x = _rand(shape, dtype, device)
     expected = pixel_shuffle3d_reference(x, r)
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         y = pixel_shuffle3d(x, r)
         z = pixel_unshuffle3d(expected, r)
     assert y.dtype == dtype and y.device == x.device and y.is_contiguous()
@@ -125,7 +142,7 @@ def test_non_contiguous_inputs(backend_device, shape, r, layout):
     x = _views(_rand(shape, torch.float32, device))[layout]
     hi = _views(pixel_shuffle3d_reference(x.contiguous(), r))[layout]
     assert not x.is_contiguous()
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         y = pixel_shuffle3d(x, r)
         z = pixel_unshuffle3d(hi, r)
     assert y.is_contiguous() and torch.equal(y, pixel_shuffle3d_reference(x, r))
@@ -135,7 +152,7 @@ def test_non_contiguous_inputs(backend_device, shape, r, layout):
 def test_broadcast_input_with_zero_strides(backend_device):
     backend, device = backend_device
     x = torch.randn(1, 8, 1, 3, 1, device=device).expand(2, 8, 3, 3, 5)
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         y = pixel_shuffle3d(x, 2)
         z = pixel_unshuffle3d(x[:, :, :2, :2, :4], 2)
     assert torch.equal(y, pixel_shuffle3d_reference(x, 2))
@@ -147,7 +164,7 @@ def test_round_trip_is_identity(backend_device, r):
     backend, device = backend_device
     x = torch.randn(1, 2 * r**3, 3, 2, 5, device=device)
     hi = torch.randn(2, 3, 2 * r, 3 * r, r, device=device)
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         assert torch.equal(pixel_unshuffle3d(pixel_shuffle3d(x, r), r), x)
         assert torch.equal(pixel_shuffle3d(pixel_unshuffle3d(hi, r), r), hi)
 
@@ -160,7 +177,7 @@ def test_result_never_aliases_the_input(backend_device, shape, shuffle):
     backend, device = backend_device
     x = torch.randn(shape, device=device)
     op = pixel_shuffle3d if shuffle else pixel_unshuffle3d
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         y = op(x, 1)
         assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
         if shuffle:
@@ -173,9 +190,64 @@ def test_result_never_aliases_the_input(backend_device, shape, shuffle):
 def test_empty_batch(backend_device):
     backend, device = backend_device
     x = torch.randn(0, 16, 3, 2, 2, device=device)
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         assert pixel_shuffle3d(x, 2).shape == (0, 2, 6, 4, 4)
         assert pixel_unshuffle3d(torch.randn(0, 2, 6, 4, 4, device=device), 2).shape == (0, 16, 3, 2, 2)
+
+
+# ----------------------------------------------------------------------------- Triton tiles and masks
+
+# (low-resolution shape, r, _TILE), chosen so that every mask edge of the kernels is
+# crossed on a small input (BLOCK_E x BLOCK_R per program, rows of the output):
+# - "cols": shuffle rows of 14 in blocks of 8 (the second column block has 6 live
+#   lanes of 8), unshuffle rows of 7 in one block of 8; odd H and W.
+# - "rows": shuffle rows of 2, 8 rows a program over 180 rows (the last block holds 4),
+#   unshuffle rows of 1, 16 a program over 360 rows (the last holds 8); 40 input
+#   channels spread over 23 programs each way.
+# - "r3": r = 3, shuffle rows of 6 in a block of 8, unshuffle 4 rows of 2 a program
+#   over 54 rows (the last holds 2).
+# Every case has a batch > 1.
+TILE_CASES = [
+    ((2, 8, 1, 3, 7), 2, 8),
+    ((3, 40, 3, 1, 1), 2, 16),
+    ((2, 27, 1, 1, 2), 3, 8),
+]
+TILE_IDS = ["cols", "rows", "r3"]
+# Each word size once, each input layout once.
+TILE_INPUTS = [(torch.float16, "sliced"), (torch.float32, "contiguous"), (torch.float64, "permuted")]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "layout"), TILE_INPUTS, ids=["float16-sliced", "float32", "float64-permuted"]
+)
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffle", "unshuffle"])
+@pytest.mark.parametrize(("shape", "r", "tile"), TILE_CASES, ids=TILE_IDS)
+def test_triton_small_tiles_stay_inside_the_output(
+    backend_device, monkeypatch, shape, r, tile, shuffle, dtype, layout
+):
+    """Forward and backward on tiles of a few elements, outputs in poisoned buffers, bit-exact."""
+    backend, device = backend_device
+    if backend != "triton":
+        pytest.skip("the tile and mask logic of the Triton kernels")
+    from brainkern.kernels import pixel_shuffle3d as kernels  # noqa: PLC0415  (imports triton)
+
+    monkeypatch.setattr(kernels, "_TILE", tile)
+    lo = _rand(shape, dtype, device)
+    x = _views(lo if shuffle else pixel_shuffle3d_reference(lo, r))[layout].requires_grad_()
+    op, ref = (
+        (pixel_shuffle3d, pixel_shuffle3d_reference)
+        if shuffle
+        else (pixel_unshuffle3d, pixel_unshuffle3d_reference)
+    )
+    expected = ref(x.detach(), r)
+    g = _rand(expected.shape, dtype, device)
+    with use_backend("triton"), poisoned_outputs(kernels) as guard:
+        y = op(x, r)
+        (gx,) = torch.autograd.grad(y, x, g)
+    assert guard.count == 2, "the launcher did not allocate through the guarded torch"
+    assert torch.equal(y, expected)
+    (gx_ref,) = torch.autograd.grad(ref(x, r), x, g)
+    assert torch.equal(gx, gx_ref)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -189,7 +261,7 @@ def test_backward_is_the_inverse_op(backend_device, shape, r, dtype):
     x_ref = x.detach().clone().requires_grad_()
     out_shape = pixel_shuffle3d_reference(x_ref, r).shape
     grad = _views(_rand(out_shape, dtype, device))["permuted"]  # a non-contiguous grad_output
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         (gx,) = torch.autograd.grad(pixel_shuffle3d(x, r), x, grad)
         hi = pixel_shuffle3d_reference(x_ref.detach(), r).requires_grad_()
         (ghi,) = torch.autograd.grad(pixel_unshuffle3d(hi, r), hi, x_ref.detach())
@@ -204,7 +276,7 @@ def test_gradcheck_and_gradgradcheck(backend_device, shape, r):
     x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
     hi = torch.randn(pixel_shuffle3d_reference(x, r).shape, dtype=torch.float64, device=device)
     hi.requires_grad_()
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         assert torch.autograd.gradcheck(lambda t: pixel_shuffle3d(t, r), (x,))
         assert torch.autograd.gradgradcheck(lambda t: pixel_shuffle3d(t, r), (x,))
         assert torch.autograd.gradcheck(lambda t: pixel_unshuffle3d(t, r), (hi,))
@@ -217,7 +289,7 @@ def test_third_derivative_through_a_nonlinearity(backend_device):
     backend, device = backend_device
     x = torch.randn(1, 8, 2, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
     v = torch.randn_like(x)
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         f = pixel_shuffle3d(x, 2).pow(4).sum()
         (g1,) = torch.autograd.grad(f, x, create_graph=True)
         (g2,) = torch.autograd.grad((g1 * v).sum(), x, create_graph=True)
@@ -236,7 +308,7 @@ def test_forward_and_backward_stay_on_the_forced_backend(backend_device, monkeyp
 
     monkeypatch.setattr(ps_module, "_run", spy)
     x = torch.randn(1, 8, 2, 2, 2, device=device, requires_grad=True)
-    with use_backend(backend):
+    with use_backend(backend), _guarded(backend):
         y = pixel_shuffle3d(x, 2)
     # Backward runs outside the block, maybe on another thread: still the same backend.
     y.backward(torch.ones_like(y))
