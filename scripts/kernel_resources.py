@@ -190,24 +190,29 @@ def tool(name: str) -> str | None:
     return shutil.which(name)
 
 
-def sass_tensor_cores(binary: Path) -> dict[str, Counter]:
-    """``{mangled_function: Counter(opcode -> count)}`` of tensor-core instructions in a cubin or object."""
-    cuobjdump = tool("cuobjdump")
-    if cuobjdump is None:
-        raise RuntimeError("cuobjdump not found (neither bundled with Triton nor on PATH)")
-    out = subprocess.run([cuobjdump, "-sass", str(binary)], capture_output=True, text=True, check=True).stdout
+def parse_sass(text: str) -> dict[str, Counter]:
+    """Tensor-core instructions in ``cuobjdump -sass`` text: ``{mangled_function: Counter(opcode)}``."""
     counts: dict[str, Counter] = {}
     current = None
-    for line in out.splitlines():
+    for line in text.splitlines():
         m = re.match(r"\s*Function : (\S+)", line)
         if m:
             current = counts.setdefault(m.group(1), Counter())
             continue
-        # "/*0120*/   @!P0 HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], ..."
+        # "/*0120*/   @!P0 HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], ..." -> HGMMA
         m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", line)
         if m and current is not None and m.group(1) in TENSOR_CORE_OPCODES:
             current[m.group(1)] += 1
     return counts
+
+
+def sass_tensor_cores(binary: Path) -> dict[str, Counter]:
+    """:func:`parse_sass` of a cubin or an object file."""
+    cuobjdump = tool("cuobjdump")
+    if cuobjdump is None:
+        raise RuntimeError("cuobjdump not found (neither bundled with Triton nor on PATH)")
+    out = subprocess.run([cuobjdump, "-sass", str(binary)], capture_output=True, text=True, check=True)
+    return parse_sass(out.stdout)
 
 
 def tensor_core_text(counts: dict[str, int]) -> str:
@@ -239,9 +244,10 @@ def split_cuda_name(demangled: str) -> tuple[str, str]:
             cut = i
             break
     head = demangled[:cut].removeprefix("void ")
-    m = re.match(r"(.*?)<(.*)>$", head)
-    name, targs = (m.group(1), m.group(2)) if m else (head, "")
-    return name.split("::")[-1], targs
+    m = re.match(r"(.*?)<(.*)>$", head.strip())
+    name, targs = (m.group(1), m.group(2)) if m else (head.strip(), "")
+    # Namespaces inside template arguments only lengthen the tables.
+    return name.split("::")[-1], re.sub(r"\b[A-Za-z_]\w*::", "", targs).strip()
 
 
 # --------------------------------------------------------------------------- CUDA (nvcc)
@@ -555,8 +561,10 @@ def _tf32_variant(launch: dict) -> dict | None:
     return new
 
 
-def record_launches() -> dict:
+def record_launches(scenarios: dict[str, Callable] | None = None) -> dict:
     """Run every scenario in every dtype with launches recorded, not run (needs ``TRITON_INTERPRET=1``).
+
+    ``scenarios`` defaults to :data:`SCENARIOS`.
 
     Returns ``{"launches": [...], "scenarios": [{"scenario", "path", "status"}]}``;
     ``status`` is ``"ok"``, ``"declined: <reason>"`` (the op's dispatch refuses the
@@ -595,15 +603,28 @@ def record_launches() -> dict:
         for config in self.prune_configs(kwargs):
             self.fn.run(*args, **kwargs, **config.all_kwargs())
 
-    InterpretedFunction.run = record
-    Autotuner.run = record_every_config
+    saved = InterpretedFunction.run, Autotuner.run
+    InterpretedFunction.run, Autotuner.run = record, record_every_config
+    modules = []
     for info in pkgutil.iter_modules(brainkern.kernels.__path__):
         module = importlib.import_module(f"brainkern.kernels.{info.name}")
         if hasattr(module, "torch"):
+            modules.append(module)
             module.torch = _BlankTorch(torch)
+    try:
+        statuses = _run_scenarios(SCENARIOS if scenarios is None else scenarios, launches, where)
+    finally:
+        InterpretedFunction.run, Autotuner.run = saved
+        for module in modules:
+            module.torch = torch
+    return {"launches": launches, "scenarios": statuses}
+
+
+def _run_scenarios(scenarios: dict[str, Callable], launches: list[dict], where: dict[str, str]) -> list[dict]:
+    from brainkern import ops
 
     statuses = []
-    for name, run in SCENARIOS.items():
+    for name, run in scenarios.items():
         for dtype_name, path in PATHS.items():
             where.update(scenario=name, path=path)
             first = len(launches)
@@ -618,10 +639,10 @@ def record_launches() -> dict:
             except Exception:  # reported in full by the caller
                 status = "error: " + traceback.format_exc()
             if path == PATHS["float32"]:
-                launches += [v for v in map(_tf32_variant, launches[first:]) if v is not None]
+                launches.extend(v for v in map(_tf32_variant, launches[first:]) if v is not None)
             seconds = round(time.perf_counter() - start, 2)
             statuses.append({"scenario": name, "path": path, "status": status, "seconds": seconds})
-    return {"launches": launches, "scenarios": statuses}
+    return statuses
 
 
 # --------------------------------------------------------------------------- Triton: compiling
@@ -907,10 +928,13 @@ def report(workers: int = 2) -> str:
     import triton
 
     nvcc = shutil.which("nvcc")
+    nvcc_release = re.search(r"release [\d.]+, V[\d.]+", tool_version(nvcc)) if nvcc else None
+    ptxas_release = re.search(r"release [\d.]+, V[\d.]+", tool_version(tool("ptxas") or "ptxas"))
     parts = [
-        f"Generated {datetime.date.today().isoformat()} by `.venv/bin/python scripts/kernel_resources.py` "
-        f"(Triton {triton.__version__}, its bundled ptxas; "
-        f"{tool_version(nvcc).splitlines()[-1] if nvcc else 'no nvcc'}), no GPU: target sm_90.",
+        f"Generated {datetime.date.today().isoformat()} by `.venv/bin/python scripts/kernel_resources.py`, "
+        f"without a GPU, for sm_90: Triton {triton.__version__} "
+        f"(its bundled ptxas, {ptxas_release[0] if ptxas_release else 'version unknown'}); "
+        f"nvcc {nvcc_release[0] if nvcc_release else 'not found'}.",
     ]
     tri = triton_resources(workers)
     bad = [s for s in tri["scenarios"] if s["status"].startswith("error")]

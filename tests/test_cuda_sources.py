@@ -65,6 +65,40 @@ def test_parse_ptxas_reads_spills_registers_and_smem():
     assert kr.spill_bytes(funcs["_Z1kPf"]) == 20
 
 
+def test_parse_sass_counts_tensor_core_opcodes():
+    sass = (
+        "\tcode for sm_90\n"
+        "\t\tFunction : _Z1kPf\n"
+        "        /*0070*/                   HFMA2.MMA R43, -RZ, RZ, 0, 0 ;\n"
+        "        /*0100*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], RZ ;\n"
+        "        /*0110*/              @!P0 HMMA.16816.F32 R4, R8, R12, R4 ;\n"
+        "\t\tFunction : _Z1gv\n"
+        "        /*0000*/                   FFMA R1, R2, R3, R4 ;\n"
+    )
+    counts = kr.parse_sass(sass)
+    assert counts["_Z1kPf"] == {"HGMMA": 1, "HMMA": 1}  # HFMA2.MMA is an FMA, not a tensor-core op
+    assert not counts["_Z1gv"]
+
+
+@pytest.mark.parametrize(
+    ("demangled", "expected"),
+    [
+        (
+            "brainkern::(anonymous namespace)::gram_kernel<__half>(__half const*, long)",
+            ("gram_kernel", "__half"),
+        ),
+        ("brainkern::column_chunk_kernel(float const*, long)", ("column_chunk_kernel", "")),
+        (
+            "void brainkern::(anonymous namespace)::gemm_kernel<brainkern::d::Fwd<float>, "
+            "brainkern::d::Mma<float, 64> >(brainkern::d::Fwd<float>::Params)",
+            ("gemm_kernel", "Fwd<float>, Mma<float, 64>"),
+        ),
+    ],
+)
+def test_split_cuda_name(demangled, expected):
+    assert kr.split_cuda_name(demangled) == expected
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("source", CU_FILES, ids=[p.parent.name for p in CU_FILES])
 def test_cuda_source_compiles_for_sm90(source, record_property):
