@@ -38,7 +38,14 @@ import torch
 from brainkern.train import config as config_mod
 from brainkern.train.data import Batches, load_dataset, real_volumes, training_indices
 from brainkern.train.recipes import Recipe, make_recipe
-from brainkern.train.state import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from brainkern.train.state import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 
 # MMD tests of B=8 generated vs real volumes at each check: cheap, and stable enough to
 # pick the best checkpoint.
@@ -174,7 +181,9 @@ class Trainer:
     Args:
         cfg: a resolved configuration (:func:`brainkern.train.config.resolve`).
         run_dir: the run directory (created).
-        resume: continue from ``run_dir/checkpoints/last.pt``; ``cfg`` may raise
+        resume: continue where the run stopped: ``True`` or ``"last"`` from
+            ``checkpoints/last.pt``, ``"previous"`` from the checkpoint written
+            before it (kept for when ``last.pt`` is damaged); ``cfg`` may raise
             ``train.iters`` to train longer.
         progress: show the progress bar (and cohort/preprocessing bars).
         callbacks: :class:`Callback` objects (pictures, evaluation).
@@ -182,6 +191,8 @@ class Trainer:
 
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint.
+        CheckpointError: the checkpoint to resume from cannot be read (one line
+            naming the file, and the previous checkpoint when there is one).
     """
 
     def __init__(
@@ -189,7 +200,7 @@ class Trainer:
         cfg: dict[str, Any],
         run_dir: str | os.PathLike,
         *,
-        resume: bool = False,
+        resume: bool | str = False,
         progress: bool = True,
         callbacks: Sequence[Callback] = (),
         log=print,
@@ -204,7 +215,7 @@ class Trainer:
             torch.set_num_threads(int(cfg["train"]["threads"]))
         ckpt = None
         if resume:
-            ckpt = load_checkpoint(self.checkpoint_path("last"))
+            ckpt = self._load_resume_checkpoint("last" if resume is True else str(resume))
 
         self.dataset = load_dataset(cfg["data"], progress=progress)
         self.indices = training_indices(self.dataset, cfg["data"]["classes"])
@@ -296,9 +307,34 @@ class Trainer:
         self.elapsed = float(ckpt.get("elapsed", 0.0))
         self._resume_rng = ckpt["rng"]
 
+    def _load_resume_checkpoint(self, which: str) -> dict[str, Any]:
+        if which not in ("last", "previous"):
+            raise ValueError(f"resume from 'last' or 'previous', got {which!r}")
+        path = self.checkpoint_path(which)
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as exc:
+            previous = self.checkpoint_path("previous")
+            hint = (
+                f"; resume from the checkpoint before it ({previous}) with --resume-from previous"
+                if which == "last" and previous.is_file()
+                else ""
+            )
+            raise CheckpointError(f"{exc}{hint}") from None
+        self._resumed_from = path
+        return ckpt
+
     def save(self, which: str = "last") -> Path:
-        """Write the current state to ``checkpoints/<which>.pt`` (atomically)."""
-        return save_checkpoint(self._state(), self.checkpoint_path(which))
+        """Write the current state to ``checkpoints/<which>.pt`` (atomically).
+
+        Writing ``last`` first moves the existing ``last.pt`` to ``previous.pt``,
+        so the run keeps one earlier good checkpoint to resume from should the
+        newest be damaged later (a full disk, a copy cut short).
+        """
+        path = self.checkpoint_path(which)
+        if which == "last" and path.is_file():
+            os.replace(path, self.checkpoint_path("previous"))
+        return save_checkpoint(self._state(), path)
 
     def save_samples(self, n: int, folder: str | os.PathLike | None = None, *, seed: int = 0) -> list[Path]:
         """``n`` generated volumes as NIfTI on the data set's grid (``samples/sample_###.nii.gz``)."""
@@ -353,13 +389,44 @@ class Trainer:
     def fit(self) -> Path:
         """Train until ``train.iters``; returns the run directory.
 
+        The device is read (synchronised) only at logging windows and before
+        anything is written, never per iteration.
+
         Raises:
             Interrupted: SIGINT/SIGTERM (a checkpoint was written first).
-            Diverged: a NaN or infinite loss (nothing written for that iteration).
+            Diverged: a NaN or infinite loss (nothing written since it appeared).
         """
-        from tqdm import tqdm
+        self._start()
+        window = _Window(self.recipe.losses, self.device)
+        with self._signals(), self._progress_bar() as bar, open(self.metrics_path, "a") as metrics:
+            while self.iteration < self.total:
+                start = time.perf_counter()
+                losses = self.recipe.step(next(self.batches))
+                self.iteration += 1
+                self.elapsed += time.perf_counter() - start
+                window.add(losses, self.iteration)
+                bar.update(1)
+                if self._due("every"):
+                    self._log_window(window, metrics, bar)
+                if self._due("picture_every"):
+                    self._periodic_check(window, metrics)
+                if self._due("checkpoint_every"):
+                    self._save_checked(window, "last")
+                if self._stop_signal is not None:
+                    self._stop(window)
+        return self._finish()
 
-        cfg, tcfg, lcfg = self.cfg, self.cfg["train"], self.cfg["log"]
+    # ---------------------------------------------------------------- pieces of the loop
+
+    @property
+    def total(self) -> int:
+        return int(self.cfg["train"]["iters"])
+
+    def _due(self, key: str) -> bool:
+        return self.iteration % int(self.cfg["log"][key]) == 0 or self.iteration == self.total
+
+    def _start(self) -> None:
+        cfg, tcfg = self.cfg, self.cfg["train"]
         self._prepare_run_dir()
         self.log(
             f"model {self.model.name} on {self.device} | grid {tuple(cfg['data']['shape'])} | "
@@ -371,83 +438,125 @@ class Trainer:
         if hasattr(self, "_resume_rng"):
             set_rng_state(self._resume_rng)
             del self._resume_rng
-            self.log(f"resumed at iteration {self.iteration} from {self.checkpoint_path('last')}")
+            self.log(f"resumed at iteration {self.iteration} from {self._resumed_from}")
         else:
             # Data loading may or may not have drawn random numbers (a cached cohort does
             # not): start every fresh run from the same state.
             seed_everything(self.cfg["seed"])
-
         self.model.train()
-        total = int(tcfg["iters"])
-        sums: dict[str, torch.Tensor] = {}
-        count, window_start = 0, time.perf_counter()
-        bar = tqdm(
-            total=total, initial=self.iteration, disable=not self.progress, unit="it", dynamic_ncols=True
+
+    def _progress_bar(self):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.total,
+            initial=self.iteration,
+            disable=not self.progress,
+            unit="it",
+            dynamic_ncols=True,
         )
-        with self._signals(), bar, open(self.metrics_path, "a") as metrics:
-            while self.iteration < total:
-                start = time.perf_counter()
-                batch = next(self.batches)
-                losses = self.recipe.step(batch)
-                values = torch.stack([v.float() for v in losses.values()])
-                if not bool(torch.isfinite(values).all()):
-                    bad = [k for k, v in losses.items() if not math.isfinite(float(v))]
-                    last = self.checkpoint_path("last")
-                    kept = (
-                        f"the last good checkpoint is {last}"
-                        if last.exists()
-                        else "no checkpoint was written yet"
-                    )
-                    raise Diverged(
-                        f"{', '.join(bad)} became non-finite at iteration {self.iteration + 1} "
-                        f"({', '.join(f'{k}={float(v):.4g}' for k, v in losses.items())}); {kept}. "
-                        "Try a lower train.lr, train.amp=off, or a different seed."
-                    )
-                self.iteration += 1
-                self.elapsed += time.perf_counter() - start
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v.float()
-                count += 1
-                bar.update(1)
 
-                if self.iteration % lcfg["every"] == 0 or self.iteration == total:
-                    now = time.perf_counter()
-                    record = {"iter": self.iteration, "time": round(self.elapsed, 3)}
-                    record.update({k: float(v) / count for k, v in sums.items()})
-                    record["it_per_s"] = count / max(now - window_start, 1e-9)
-                    record["peak_mem_gib"] = round(peak_memory_gib(self.device), 4)
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                    bar.set_postfix(
-                        {k: f"{v:.3g}" for k, v in record.items() if k.startswith(("loss", "gp"))}
-                    )
-                    sums, count, window_start = {}, 0, now
+    def _log_window(self, window: _Window, metrics, bar) -> None:
+        """Write the window's mean losses to the metrics log (the one place losses are read)."""
+        self._raise_if_diverged(window)
+        record = {"iter": self.iteration, "time": round(self.elapsed, 3), **window.means()}
+        record["it_per_s"] = window.rate()
+        record["peak_mem_gib"] = round(peak_memory_gib(self.device), 4)
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in self.recipe.losses if k in record})
+        window.reset()
 
-                if self.iteration % lcfg["picture_every"] == 0 or self.iteration == total:
-                    value = self.check()
-                    metrics.write(json.dumps({"iter": self.iteration, "check_mmd2": value}) + "\n")
-                    metrics.flush()
-                    for cb in self.callbacks:
-                        cb.on_check(self, self.iteration)
-                    if value < self.best["check_mmd2"]:
-                        self.best = {"iter": self.iteration, "check_mmd2": value}
-                        self.save("best")
+    def _periodic_check(self, window: _Window, metrics) -> None:
+        """Check MMD^2, pictures (callbacks), and the best checkpoint."""
+        self._raise_if_diverged(window)
+        value = self.check()
+        metrics.write(json.dumps({"iter": self.iteration, "check_mmd2": value}) + "\n")
+        metrics.flush()
+        for cb in self.callbacks:
+            cb.on_check(self, self.iteration)
+        if value < self.best["check_mmd2"]:
+            self.best = {"iter": self.iteration, "check_mmd2": value}
+            self.save("best")
 
-                if self.iteration % lcfg["checkpoint_every"] == 0 or self.iteration == total:
-                    self.save("last")
-                if self._stop_signal is not None:
-                    path = self.save("last")
-                    name = signal.Signals(self._stop_signal).name
-                    raise Interrupted(
-                        f"{name} at iteration {self.iteration}: checkpoint written to {path}; "
-                        f"continue with --resume {self.run_dir}"
-                    )
+    def _save_checked(self, window: _Window, which: str) -> Path:
+        self._raise_if_diverged(window)
+        return self.save(which)
 
+    def _raise_if_diverged(self, window: _Window) -> None:
+        bad = window.first_nonfinite()  # synchronises: called at windows and before writes only
+        if bad is None:
+            return
+        names, it = bad
+        last = self.checkpoint_path("last")
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        raise Diverged(
+            f"{', '.join(names)} became non-finite at iteration {it}; {kept}. "
+            "Try a lower train.lr, train.amp=off, or a different seed."
+        )
+
+    def _stop(self, window: _Window) -> None:
+        path = self._save_checked(window, "last")
+        name = signal.Signals(self._stop_signal).name
+        raise Interrupted(
+            f"{name} at iteration {self.iteration}: checkpoint written to {path}; "
+            f"continue with --resume {self.run_dir}"
+        )
+
+    def _finish(self) -> Path:
         where = self.run_dir / "checkpoints"
         self.log(f"trained {self.iteration} iterations in {self.elapsed:.1f} s; checkpoints in {where}")
-        if lcfg["n_samples"]:
-            paths = self.save_samples(int(lcfg["n_samples"]))
+        if self.cfg["log"]["n_samples"]:
+            paths = self.save_samples(int(self.cfg["log"]["n_samples"]))
             self.log(f"{len(paths)} sample volumes (NIfTI) in {paths[0].parent}")
         for cb in self.callbacks:
             cb.on_end(self)
         return self.run_dir
+
+
+class _Window:
+    """Losses of the iterations since the last log line, kept on the device.
+
+    Sums and the first iteration at which each loss became non-finite are tensor
+    operations, so adding an iteration never waits for the device; reading them
+    (:meth:`means`, :meth:`first_nonfinite`) does, at logging windows only.
+    """
+
+    def __init__(self, names: Sequence[str], device: torch.device) -> None:
+        self.names = tuple(names)
+        self.device = device
+        # 0: finite so far; else the first iteration with a non-finite value (over the whole run).
+        self.bad = torch.zeros(len(self.names), dtype=torch.int64, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(len(self.names), dtype=torch.float64, device=self.device)
+        self.count = 0
+        self.started = time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor], it: int) -> None:
+        if set(losses) != set(self.names):
+            raise RuntimeError(
+                f"the recipe returned losses {sorted(losses)} but declares {sorted(self.names)} "
+                "(Recipe.losses): make them agree"
+            )
+        values = torch.stack([losses[k].detach().double().reshape(()) for k in self.names])
+        finite = torch.isfinite(values)
+        self.bad = torch.where((self.bad == 0) & ~finite, torch.full_like(self.bad, it), self.bad)
+        self.sums += values
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        sums = self.sums.tolist()
+        return {k: v / max(self.count, 1) for k, v in zip(self.names, sums, strict=True)}
+
+    def rate(self) -> float:
+        return self.count / max(time.perf_counter() - self.started, 1e-9)
+
+    def first_nonfinite(self) -> tuple[list[str], int] | None:
+        bad = self.bad.tolist()
+        hits = [b for b in bad if b > 0]
+        if not hits:
+            return None
+        first = min(hits)
+        return [k for k, b in zip(self.names, bad, strict=True) if b == first], first

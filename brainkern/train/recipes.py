@@ -100,8 +100,9 @@ class Recipe:
     """Base class: networks, optimisers per network, autocast, hooks, the critic step.
 
     Subclasses set ``family`` (through :func:`register_recipe`), ``networks`` (what a
-    model of the family must have) and ``trains`` (which of them the recipe updates;
-    default: all of ``networks``), and implement :meth:`step`.
+    model of the family must have), ``trains`` (which of them the recipe updates;
+    default: all of ``networks``) and ``losses`` (the names :meth:`step` returns),
+    and implement :meth:`step`.
 
     Args:
         model: the model.
@@ -119,6 +120,9 @@ class Recipe:
     family = ""
     networks: tuple[str, ...] = ()
     trains: tuple[str, ...] | None = None
+    # The names of the losses step() returns, in log order: the one list the engine's
+    # logging window, progress bar and metrics log read.
+    losses: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module, train: dict[str, Any], device: torch.device) -> None:
         self.model = model
@@ -296,8 +300,8 @@ def register_recipe(family: str) -> Callable[[R], R]:
     def decorator(cls: R) -> R:
         if not family or family in RECIPES:
             raise ValueError(f"register_recipe: family {family!r} is empty or already registered")
-        if not cls.networks:
-            raise ValueError(f"register_recipe({family!r}): {cls.__name__}.networks is empty")
+        if not cls.networks or not cls.losses:
+            raise ValueError(f"register_recipe({family!r}): {cls.__name__} must name its networks and losses")
         cls.family = family
         RECIPES[family] = cls
         return cls
@@ -310,6 +314,7 @@ class GANRecipe(Recipe):
     """Generator + discriminator (``wgan-gp`` and other plain GANs)."""
 
     networks = ("generator", "discriminator")
+    losses = ("loss_g", "loss_d", "gp_d")
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         real, y = self.images(batch), self.labels(batch)
@@ -335,6 +340,7 @@ class AlphaRecipe(Recipe):
     """Encoder + generator + discriminator + code discriminator (alpha-GAN family)."""
 
     networks = ("encoder", "generator", "discriminator", "code_discriminator")
+    losses = ("loss_g", "loss_rec", "loss_e", "loss_d", "gp_d", "loss_c", "gp_c")
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         real = self.images(batch)
@@ -371,6 +377,7 @@ class VAEGANRecipe(Recipe):
     """Variational encoder + generator + discriminator (VAE-GAN)."""
 
     networks = ("encoder", "generator", "discriminator")
+    losses = ("loss_g", "loss_rec", "loss_kl", "loss_d", "gp_d")
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         real = self.images(batch)

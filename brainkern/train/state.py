@@ -18,6 +18,10 @@ import torch
 from brainkern.data.io import atomic_path
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read as one."""
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` with ``torch.save`` atomically; returns the path.
 
@@ -36,7 +40,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        RuntimeError: the file is not a readable brainkern checkpoint.
+        CheckpointError: the file is not a readable brainkern checkpoint (one line).
     """
     path = Path(path)
     if not path.is_file():
@@ -45,9 +49,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         # Checkpoints hold numpy and Python random states next to tensors.
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001  (pickle, zip and torch errors alike)
-        raise RuntimeError(f"checkpoint {path} could not be read: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} could not be read (truncated or damaged?): {reason}"
+        ) from None
     if not isinstance(state, dict):
-        raise RuntimeError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     return state
 
 

@@ -88,6 +88,7 @@ def test_a_new_family_with_three_networks_is_one_recipe(scratch_registries):
     @register_recipe("toy-three")
     class ThreeRecipe(Recipe):
         networks = ("generator", "discriminator", "helper")
+        losses = ("loss_h",)
 
         def step(self, b):
             real = self.images(b)
@@ -291,4 +292,4 @@ def test_list_names_every_registered_model(capsys):
 def test_gan_recipe_is_registered_once():
     assert recipes_mod.RECIPES["gan"] is GANRecipe and GANRecipe.family == "gan"
     with pytest.raises(ValueError, match="already registered"):
-        register_recipe("gan")(type("Again", (Recipe,), {"networks": ("generator",)}))
+        register_recipe("gan")(type("Again", (Recipe,), {"networks": ("generator",), "losses": ("x",)}))
