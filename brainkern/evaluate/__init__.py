@@ -4,9 +4,12 @@
 - :func:`batch_mmd2`, :func:`ms_ssim_diversity`, :func:`matched_noise`,
   :func:`generation_table`, :func:`format_table` (``generation``): Kwon et al.'s
   Table 1 (seed 001);
-- :func:`triplanar_mosaic`, :func:`loss_curves` (``pictures``): PNG pictures;
-- ``run``: the evaluation and pictures of a training run;
-  ``python -m brainkern.evaluate RUN_DIR`` on the command line.
+- :func:`triplanar_mosaic`, :func:`loss_curves` (``pictures``): PNG pictures.
+
+What a paper compares with these metrics is an experiment, in
+:mod:`brainkern.experiment`: Kwon et al.'s Table 1 for a training run is
+``python -m brainkern.experiment kwon2019-table1 RUN_DIR``, also reachable as
+``python -m brainkern.evaluate RUN_DIR``.
 
 Submodules load on first use, so ``import brainkern.evaluate`` (and the command
 line's ``--help``) needs neither torch nor matplotlib.

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError) as exc:
         parser.error(str(exc))
 
-    from brainkern.evaluate.run import RunReport
+    from brainkern.experiment.kwon import RunReport
     from brainkern.train.engine import Diverged, Interrupted, Trainer
 
     wall = time.perf_counter()

@@ -1,11 +1,17 @@
-"""Evaluation and pictures of a training run (Kwon et al.'s Table 1, seed 001).
+"""Kwon et al. (2019)'s Table 1 for a training run: experiment ``kwon2019-table1``.
 
 :func:`evaluate_model` compares a trained generator with the real training
 volumes and with two baselines it must beat: the same architecture untrained
 (its initial weights) and Gaussian noise volumes matched to the real volumes'
-mean and standard deviation. :class:`RunReport` plugs into the training engine:
-tri-planar mosaics (real next to generated) and loss curves at each check, and
-at the end the evaluation table (``evaluation.json``, ``report.md``).
+mean and standard deviation. :func:`evaluate_run` does that for a run directory
+and writes ``evaluation.json`` and ``report.md`` into it (what
+``python -m brainkern.experiment kwon2019-table1 RUN_DIR`` runs).
+:class:`RunReport` plugs into the training engine: tri-planar mosaics (real next
+to generated) and loss curves at each check, and the same evaluation at the end
+of the run.
+
+The metrics themselves (batch MMD^2, MS-SSIM diversity, the table) live in
+:mod:`brainkern.evaluate`; this module decides which volumes they compare.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ import numpy as np
 import torch
 
 from brainkern.evaluate.generation import format_table, generation_table, matched_noise
-from brainkern.train.data import real_volumes
-from brainkern.train.engine import Callback, Trainer, build_run_model
+from brainkern.train.data import load_dataset, real_volumes, training_indices
+from brainkern.train.engine import Callback, Trainer, build_run_model, load_run
 
 
 def evaluate_model(
@@ -67,6 +73,85 @@ def evaluate_model(
         seed=seed,
         progress=progress,
     )
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    checkpoint: str = "last",
+    device: str = "auto",
+    n_generated: int | None = None,
+    mmd_tests: int | None = None,
+    ms_ssim_pairs: int | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], Path]:
+    """Kwon et al.'s Table 1 for the run in ``run_dir``, written beside it.
+
+    Loads the run's checkpoint and its training volumes (the data set its
+    ``config.yaml`` names, rebuilt from the cache), evaluates the generator with
+    :func:`evaluate_model` and writes ``evaluation.json`` and ``report.md`` into
+    ``run_dir``.
+
+    Args:
+        checkpoint: ``"last"`` or ``"best"``.
+        device: where to generate (``"auto"``: CUDA when there is one).
+        n_generated, mmd_tests, ms_ssim_pairs: override the run's ``evaluate``
+            section (``None`` keeps it).
+
+    Returns:
+        ``(rows, report_path)``: the table's rows and the path of ``report.md``.
+
+    Raises:
+        FileNotFoundError: not a run directory, no such checkpoint, or the run's
+            data table is gone.
+        ValueError, RuntimeError: the run's configuration or data no longer fit.
+    """
+    model, cfg, ckpt = load_run(run_dir, checkpoint, device)
+    for key, value in (
+        ("n_generated", n_generated),
+        ("mmd_tests", mmd_tests),
+        ("ms_ssim_pairs", ms_ssim_pairs),
+    ):
+        if value is not None:
+            cfg["evaluate"][key] = int(value)
+    dataset = load_dataset(cfg["data"], progress=progress)
+    indices = training_indices(dataset, cfg["data"]["classes"])
+    real = real_volumes(dataset, indices)
+    device = next(model.parameters()).device  # where load_run put it ("auto" resolved)
+    rows = evaluate_model(model, real, cfg, device=device, progress=progress)
+    info = report_info(
+        model,
+        cfg,
+        iterations=int(ckpt["iter"]),
+        checkpoint=checkpoint,
+        train_seconds=float(ckpt.get("elapsed", 0.0)),
+        grid=dataset.shape,
+        n_real=len(indices),
+    )
+    return rows, write_report(run_dir, rows, info)
+
+
+def report_info(
+    model,
+    cfg: dict[str, Any],
+    *,
+    iterations: int,
+    checkpoint: str,
+    train_seconds: float,
+    grid,
+    n_real: int,
+) -> dict[str, Any]:
+    """What the report says about the run besides the table (``evaluation.json``'s other keys)."""
+    return {
+        "model": model.name,
+        "preset": cfg.get("preset"),
+        "iterations": int(iterations),
+        "checkpoint": checkpoint,
+        "train_seconds": round(float(train_seconds), 1),
+        "grid": [int(s) for s in grid],
+        "n_real": int(n_real),
+        "n_generated": int(cfg["evaluate"]["n_generated"]),
+    }
 
 
 def write_report(run_dir: str | os.PathLike, rows: list[dict[str, Any]], info: dict[str, Any]) -> Path:
@@ -132,21 +217,20 @@ class RunReport(Callback):
         loss_curves(trainer.metrics_path, pictures / "losses.png")
 
     def on_end(self, trainer: Trainer) -> None:
-        info = {
-            "model": trainer.model.name,
-            "preset": trainer.cfg.get("preset"),
-            "iterations": trainer.iteration,
-            "checkpoint": "last",
-            "train_seconds": round(trainer.elapsed, 1),
-            "grid": list(trainer.dataset.shape),
-            "n_real": int(len(trainer.indices)),
-            "n_generated": int(trainer.cfg["evaluate"]["n_generated"]),
-        }
         if not self.evaluate:
             return
         trainer.log("evaluating (Kwon et al. Table 1) ...")
         real = real_volumes(trainer.dataset, trainer.indices)
         rows = evaluate_model(trainer.model, real, trainer.cfg, device=trainer.device, progress=self.progress)
+        info = report_info(
+            trainer.model,
+            trainer.cfg,
+            iterations=trainer.iteration,
+            checkpoint="last",
+            train_seconds=trainer.elapsed,
+            grid=trainer.dataset.shape,
+            n_real=len(trainer.indices),
+        )
         path = write_report(trainer.run_dir, rows, info)
         trainer.log(format_table(rows))
         trainer.log(f"report: {path}")

@@ -1,0 +1,139 @@
+"""Experiment ``kwon2019-table1``: Kwon et al.'s Table 1 for a run, during training and after it.
+
+One tiny run (16^3, 2 iterations, CPU) is trained with the run report plugged
+in; its end-of-run table, the experiment's command line and the
+``python -m brainkern.evaluate`` shortcut must then agree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+# Optional packages (absent on a bare GPU image): skip this module, do not fail collection.
+pytest.importorskip("nibabel")
+
+from brainkern.evaluate.__main__ import main as evaluate_main  # noqa: E402
+from brainkern.experiment.__main__ import main as experiment_main  # noqa: E402
+from brainkern.experiment.kwon import RunReport, evaluate_run, write_report  # noqa: E402
+from brainkern.train import config  # noqa: E402
+from brainkern.train.engine import Trainer  # noqa: E402
+
+ROWS = ["trained", "untrained", "noise (matched)", "real"]
+SMALL_EVALUATION = ["--quiet", "--n-generated", "8", "--mmd-tests", "2", "--pairs", "4"]
+
+
+def tiny() -> dict:
+    """Two iterations of a 16^3 alpha-WGAN-GP, with a small evaluation (seconds)."""
+    return config.resolve(
+        "quick",
+        [
+            {
+                "model": {"latent_dim": 8, "width": 4, "code_hidden": 16},
+                "data": {"n_per_class": 3, "shape": [16, 16, 16], "cohort_shape": [16, 16, 16]},
+                "train": {"iters": 2, "batch_size": 2, "threads": 1},
+                "log": {
+                    "every": 1,
+                    "checkpoint_every": 2,
+                    "picture_every": 2,
+                    "n_samples": 1,
+                    "n_pictures": 2,
+                },
+                "evaluate": {"n_generated": 8, "mmd_tests": 2, "mmd_batch": 2, "ms_ssim_pairs": 4},
+            }
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A trained run directory, evaluated at its end by :class:`RunReport`."""
+    # The cohort cache of the whole session (making the cohort is the slow part).
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BRAINKERN_CACHE", str(cache))
+        run_dir = tmp_path_factory.mktemp("kwon") / "run"
+        Trainer(tiny(), run_dir, progress=False, log=None, callbacks=[RunReport(progress=False)]).fit()
+    return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("BRAINKERN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _evaluation(run_dir: Path) -> dict:
+    return json.loads((run_dir / "evaluation.json").read_text())
+
+
+def test_the_run_report_draws_pictures_and_evaluates_at_the_end(run):
+    pictures = sorted(p.name for p in (run / "pictures").iterdir())
+    assert pictures == ["losses.png", "samples_0000002.png"]
+    evaluation = _evaluation(run)
+    assert [r["model"] for r in evaluation["rows"]] == ROWS
+    assert evaluation["iterations"] == 2 and evaluation["checkpoint"] == "last"
+    assert evaluation["grid"] == [16, 16, 16] and evaluation["n_real"] == 6 and evaluation["n_generated"] == 8
+    report = (run / "report.md").read_text()
+    assert "Kwon et al. (2019) Table 1" in report and "![samples_0000002]" in report
+    assert "| noise (matched) |" in report
+
+
+def test_command_line_shortcut_and_end_of_run_give_one_table(run, capsys):
+    at_end = _evaluation(run)["rows"]
+    assert experiment_main(["kwon2019-table1", str(run), *SMALL_EVALUATION]) == 0
+    by_name = capsys.readouterr().out
+    rows = _evaluation(run)["rows"]
+    (run / "evaluation.json").unlink()
+    assert evaluate_main([str(run), *SMALL_EVALUATION]) == 0
+    by_shortcut = capsys.readouterr().out
+    # Same seeds, same checkpointed weights (BatchNorm statistics included): same numbers.
+    assert rows == at_end and _evaluation(run)["rows"] == at_end
+    assert by_name == by_shortcut
+    assert by_name.splitlines()[0] == "| model | MMD^2 | MMD^2/voxel | MS-SSIM | voxel SD |"
+    assert by_name.rstrip().endswith(f"written: {run / 'report.md'} and {run / 'evaluation.json'}")
+
+
+def test_overrides_and_checkpoint_choice_reach_the_report(run):
+    rows, path = evaluate_run(
+        run, checkpoint="best", n_generated=6, mmd_tests=1, ms_ssim_pairs=3, progress=False
+    )
+    assert path == run / "report.md"
+    evaluation = _evaluation(run)
+    assert evaluation["checkpoint"] == "best" and evaluation["n_generated"] == 6
+    assert [r["model"] for r in rows] == ROWS == [r["model"] for r in evaluation["rows"]]
+    assert "- checkpoint: best" in path.read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{tmp}"], "has no config.yaml: not a brainkern run directory"),
+        (["{tmp}/missing"], "has no config.yaml"),
+    ],
+    ids=["not-a-run", "no-folder"],
+)
+def test_a_bad_run_directory_is_a_one_line_error(argv, message, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert experiment_main(["kwon2019-table1", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_missing_checkpoint_is_a_one_line_error(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    (copy / "config.yaml").write_text((run / "config.yaml").read_text())
+    assert evaluate_main([str(copy), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "last.pt" in err
+
+
+def test_write_report_without_pictures(tmp_path):
+    rows = [{"model": "trained", "mmd2": 1.0, "mmd2_std": 0.1, "mmd2_per_voxel": 0.01}]
+    info = {"model": "m", "iterations": 3, "grid": [16, 16, 16]}
+    path = write_report(tmp_path, rows, info)
+    text = path.read_text()
+    assert text.startswith("# brainkern run: m\n") and "- iterations: 3" in text and "(none)" in text
+    assert _evaluation(tmp_path) == {**info, "rows": rows}
