@@ -1,0 +1,275 @@
+"""benchmarks/gpu.sh, and the test-run set-up that the GPU run relies on.
+
+gpu.sh starts from a bare image: its set-up stage installs what is missing.
+
+The GPU machine is lent for a few minutes with a Python that has torch (and triton)
+and little else, so the script is run here the same way: in a fresh virtual
+environment holding only torch, with ``GPU_SKIP_CUDA=1`` (no build, no CUDA tests)
+and tiny selections. The Triton tests and the benchmarks must start (on this CPU
+the tests report "no CUDA device" and skip; one benchmark runs once in smoke mode),
+and every stage must leave its line in ``$OUT/summary.md``. The venv needs the
+package registry; it is made once per test session.
+
+Also here, from ``tests/conftest.py``: pytest starts without pytest-benchmark,
+tests run with one intra-op thread, and on a GPU the op calls of CUDA tests run
+under ``torch.cuda.set_sync_debug_mode("error")`` (checked here with a stand-in
+for CUDA's switch, since there is no GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+import brainkern.ops as bo
+from tests import conftest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu.sh"
+TORCH = torch.__version__.split("+")[0]
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("BRAINKERN_IN_GPU_SCRIPT") == "1", reason="already inside benchmarks/gpu.sh"
+)
+
+
+def _summary(out: Path) -> dict[str, tuple[str, str]]:
+    """``{stage: (exit, note)}`` from the rows of summary.md."""
+    rows = {}
+    for line in (out / "summary.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] not in ("stage", "---"):
+            rows[cells[0]] = (cells[1], cells[3])
+    return rows
+
+
+def _run(out: Path, python: str, timeout: float, **knobs: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "TRITON_INTERPRET"))}
+    env.update(OUT=str(out), PYTHON=python, GPU_WORK=str(out.parent / "work"), **knobs)
+    return subprocess.run(
+        ["bash", str(SCRIPT)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def bare_python(tmp_path_factory) -> str:
+    """A fresh venv with only torch in it (this machine's version; the CPU wheel here)."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    out = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"torch=={TORCH}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, f"could not install torch=={TORCH} into a fresh venv:\n{out.stderr[-3000:]}"
+    return python
+
+
+@pytest.mark.slow
+def test_setup_installs_what_is_missing_and_the_test_stages_start(bare_python, tmp_path):
+    probe = "import importlib.util as u; print([m for m in ('pytest', 'pytest_benchmark') if u.find_spec(m)])"
+    before = subprocess.run([bare_python, "-c", probe], capture_output=True, text=True, check=True)
+    assert before.stdout.strip() == "[]", "the venv should start without pytest"
+
+    out = tmp_path / "out"
+    run = _run(
+        out,
+        bare_python,
+        timeout=400,
+        GPU_SKIP_CUDA="1",
+        GPU_STAGES="setup,build,cuda,triton,bench,train",
+        GPU_TEST_SELECT="test_pixel_shuffle3d and float32",
+        GPU_BENCH_FILES="bench_pixel_shuffle3d",
+        GPU_BENCH_SELECT="vol64-512ch-at8 and brainkern and forward",
+        GPU_BENCH_SMOKE="1",
+        GPU_TRAIN_ITERS="0",
+    )
+    logs = f"stdout:\n{run.stdout[-4000:]}\nstderr:\n{run.stderr[-2000:]}"
+    assert run.returncode == 0, logs
+    rows = _summary(out)
+    assert list(rows) == ["setup", "build", "cuda", "triton", "bench", "train"], logs
+
+    # Set-up: pytest, pytest-benchmark and numpy were missing and are now there;
+    # the venv's torch was kept (constraints), nothing for the skipped stages came.
+    setup_log = (out / "setup.log").read_text()
+    assert re.search(r"\[test\] missing: pytest pytest-benchmark numpy", setup_log), setup_log
+    assert rows["setup"] == ("0", "missing now: nothing"), setup_log
+    check = (
+        "import importlib.util as u, torch; "
+        "print(torch.__version__, [m for m in ('pytest', 'pytest_benchmark', 'numpy', 'monai', 'nibabel') "
+        "if u.find_spec(m) is None])"
+    )
+    after = subprocess.run([bare_python, "-c", check], capture_output=True, text=True, check=True)
+    assert after.stdout.split()[0].startswith(TORCH), after.stdout
+    assert after.stdout.strip().endswith("['nibabel']"), after.stdout  # training's packages: not asked for
+    assert f"torch=={TORCH}" in setup_log
+    assert "pytest" in (out / "packages.txt").read_text()
+
+    assert rows["build"] == ("-", "skipped: GPU_SKIP_CUDA=1")
+    assert rows["cuda"] == ("-", "skipped: GPU_SKIP_CUDA=1")
+    assert rows["train"] == ("0", "GPU_TRAIN_ITERS=0: skipped")
+
+    # Triton stage: pytest collected the selected triton-cuda cases and ran them
+    # (skipped here for want of a GPU) with a JUnit XML per process.
+    assert rows["triton"][0] == "0", (out / "triton.log").read_text()
+    collected = (out / "triton" / "collect.txt").read_text()
+    assert re.search(r"^(\d+)/\d+ tests collected", collected, re.M), collected
+    cases = [c for x in (out / "triton").glob("*.xml") for c in ET.parse(x).getroot().iter("testcase")]
+    assert cases and all("triton-cuda" in c.get("name") for c in cases)
+    assert all(c.find("skipped") is not None for c in cases)
+    parts = len(list((out / "triton").glob("*.xml")))
+    assert rows["triton"][1] == f"{len(cases)} skipped ({parts} processes)", rows["triton"]
+
+    # Benchmarks: the one selected case ran once (smoke mode).
+    assert rows["bench"] == ("0", "1/1 files ran (smoke mode)"), (out / "bench.log").read_text()
+    assert "1 passed" in (out / "bench" / "bench_pixel_shuffle3d.log").read_text()
+
+    env = (out / "env.txt").read_text()
+    assert f"torch {TORCH}" in env and "device none" in env
+
+
+def test_stages_past_the_deadline_are_skipped_and_listed(tmp_path):
+    out = tmp_path / "out"
+    run = _run(out, sys.executable, timeout=120, GPU_DEADLINE="0", GPU_STAGES="setup,triton,train")
+    assert run.returncode == 0, run.stderr
+    rows = _summary(out)
+    assert rows == {name: ("-", "skipped: the 0s deadline is near") for name in ("setup", "triton", "train")}
+    assert (out / "env.txt").exists()
+
+
+def test_an_unknown_stage_is_refused(tmp_path):
+    run = _run(tmp_path / "out", sys.executable, timeout=60, GPU_STAGES="setup,tests")
+    assert run.returncode == 2
+    assert "unknown stage 'tests'" in run.stderr
+
+
+# ---------------------------------------------------------------- tests/conftest.py
+
+
+def test_pytest_starts_without_the_benchmark_plugin():
+    # pyproject's addopts must not name pytest-benchmark options (a bare GPU image
+    # may lack the plugin); -p no:benchmark stands in for its absence.
+    args = ["-p", "no:benchmark", "-p", "no:cacheprovider", "--collect-only", "-q"]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", *args, str(ROOT / "tests" / "test_build_flags.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_benchmarks_default_to_smoke_mode_in_a_test_run(request):
+    if not request.config.pluginmanager.hasplugin("benchmark"):
+        pytest.skip("pytest-benchmark is not installed")
+    opt = request.config.getoption
+    # Either the command line chose a mode, or conftest chose smoke mode.
+    assert opt("benchmark_disable") or opt("benchmark_enable") or opt("benchmark_only")
+
+
+def test_tests_run_with_one_thread():
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.threads
+def test_marked_tests_keep_the_default_threads():
+    if (os.cpu_count() or 1) == 1:
+        pytest.skip("one core: the default is one thread too")
+    assert torch.get_num_threads() > 1
+
+
+class FakeSyncSwitch:
+    """Stands in for torch.cuda's sync debug switch on a machine without CUDA."""
+
+    def __init__(self):
+        self.mode = 0
+        self.history: list[object] = []
+
+    def get(self):
+        return self.mode
+
+    def set(self, mode):
+        self.mode = mode
+        self.history.append(mode)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch) -> FakeSyncSwitch:
+    switch = FakeSyncSwitch()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", switch.get)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", switch.set)
+    return switch
+
+
+def test_forbid_host_sync_switches_to_error_and_back(fake_cuda):
+    with conftest.forbid_host_sync("cuda"):
+        assert fake_cuda.mode == "error"
+        with conftest.forbid_host_sync("cuda:0"):  # nested: restores "error", not 0
+            pass
+        assert fake_cuda.mode == "error"
+    assert fake_cuda.mode == 0
+    with pytest.raises(KeyError), conftest.forbid_host_sync("cuda"):
+        raise KeyError("restored on the way out")
+    assert fake_cuda.mode == 0
+    with conftest.forbid_host_sync("cpu"):  # nothing to guard on the CPU
+        assert fake_cuda.mode == 0
+
+
+def test_only_the_ops_are_guarded_and_only_during_the_call(fake_cuda, monkeypatch):
+    import types
+
+    module = types.ModuleType("a_test_module")
+    module.mmd2 = bo.mmd2
+    module.shuffle = bo.pixel_shuffle3d  # imported under another name
+    module.mmd2_reference = bo.mmd2_reference  # references run freely
+    module.use_backend = bo.use_backend  # so does the dispatch machinery
+    module.helper = lambda t: t.sum()
+    replaced = conftest.guard_ops_in(monkeypatch, [module])
+    assert sorted(replaced) == ["mmd2", "shuffle"]
+
+    seen = []
+
+    def spy(x, r):
+        seen.append(fake_cuda.mode)
+        return x
+
+    monkeypatch.setattr(conftest, "_guarded_ops", lambda: {id(spy): (spy, "error")})
+    module.spy = spy
+    conftest.guard_ops_in(monkeypatch, [module])
+    x = torch.zeros(1, 8, 1, 1, 1)
+    assert module.spy(x, 2) is x
+    assert seen == ["error"] and fake_cuda.mode == 0  # on during the call, off after
+    # A guarded op still computes what the op computes.
+    y = torch.randn(1, 8, 2, 3, 2)
+    torch.testing.assert_close(module.shuffle(y, 2), bo.pixel_shuffle3d(y, 2), rtol=0, atol=0)
+    assert fake_cuda.history[-2:] == ["error", 0]
+
+
+def test_ops_that_read_the_device_by_design_only_warn(fake_cuda, monkeypatch):
+    import types
+
+    module = types.ModuleType("a_test_module")
+    module.mmd2 = bo.mmd2
+    conftest.guard_ops_in(monkeypatch, [module])
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(module.mmd2(x, x + 1), bo.mmd2(x, x + 1))
+    assert fake_cuda.history == ["warn", 0]
