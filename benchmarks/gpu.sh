@@ -46,6 +46,7 @@
 #   GPU_JOBS          pytest processes at once (default: the cores, at most 8)
 #   GPU_PIP=0         install nothing
 #   GPU_WORK          scratch folder (pip constraints, Triton cache, cohort, runs)
+#   GPU_COMMIT        the commit to record in env.txt where the copy has no .git
 #   TORCH_CUDA_ARCH_LIST, MAX_JOBS: passed to the build (default 9.0 and the cores)
 #
 # Wheels placed in .whl/ (ignored by git; carried by hand) install without the
