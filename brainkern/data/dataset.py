@@ -303,15 +303,19 @@ class VolumeDataset(Dataset):
         if self._progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n * (2 if p.trim else 1), desc="preprocessing", unit="vol")
+            n_fit = n if p.fit_on is None else len(p.fit_on)
+            bar = tqdm(total=n + (n_fit if p.trim else 0), desc="preprocessing", unit="vol")
 
+        fit = range(n) if p.fit_on is None else p.fit_on
+        if fit[-1] >= n:
+            raise ValueError(f"fit_on names volume {fit[-1]}, but the data set has {n} volumes")
         first, ref_affine = self._read(0, None)
         ref = (tuple(first.shape), ref_affine)
         kept: dict[int, np.ndarray] = {0: first}
         union = np.zeros(ref[0], dtype=bool)
         if p.trim:
             held = first.nbytes
-            for i in range(n):
+            for i in fit:  # the box comes from the fitting volumes only
                 data = kept[i] if i in kept else self._read(i, ref)[0]
                 union |= data != p.background
                 if i > 0 and held + data.nbytes <= self._memory_budget:
@@ -333,12 +337,13 @@ class VolumeDataset(Dataset):
         bg_values = np.zeros(n, dtype=np.float64)
         count = np.zeros(out_shape, dtype=np.int32) if p.mask == "auto" else None
         box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+        fit_set = set(fit)
         for i in range(n):
             data = kept.pop(i) if i in kept else self._read(i, ref)[0]
             data = resize_volume(data[box], out_shape, antialias=p.antialias)
             out, bg_values[i] = clip_scale(data, p.clip, p.scale, p.background)
             volumes[i] = out
-            if count is not None:
+            if count is not None and (p.fit_on is None or i in fit_set):
                 count += np.abs(out - np.float32(bg_values[i])) > _FG_TOL
             if bar is not None:
                 bar.update()
@@ -348,7 +353,7 @@ class VolumeDataset(Dataset):
             volumes.flush()
 
         if p.mask == "auto":
-            mask = count >= p.mask_fraction * n
+            mask = count >= p.mask_fraction * len(fit)
         elif p.mask is not None:
             mvol = load_volume(p.mask, nan_policy="zero")
             mdata, maff = reorient_ras(mvol.data, mvol.affine) if p.reorient else (mvol.data, mvol.affine)

@@ -68,6 +68,11 @@ class Preprocess:
         background: the raw intensity that counts as background (trimming, mask).
         nan_policy: passed to :func:`~brainkern.data.load_volume`.
         index: volume index for 4D files.
+        fit_on: the volumes (indices) from which the data-derived quantities are
+            fitted, the trimming box and the ``"auto"`` mask, so that a training
+            fold fits them and held-out volumes are only transformed; ``None``:
+            all volumes. (Clipping quantiles and min-max scaling are per volume:
+            nothing is fitted across volumes there.)
     """
 
     reorient: bool = True
@@ -82,6 +87,7 @@ class Preprocess:
     background: float = 0.0
     nan_policy: str = "raise"
     index: int | None = None
+    fit_on: tuple[int, ...] | None = None
     steps: tuple[str, ...] = field(default=STEPS, init=False)
 
     def __post_init__(self) -> None:
@@ -102,12 +108,18 @@ class Preprocess:
             raise ValueError(f"mask_fraction must be in (0, 1], got {self.mask_fraction}")
         if self.nan_policy not in ("raise", "zero"):
             raise ValueError(f"nan_policy must be 'raise' or 'zero', got {self.nan_policy!r}")
+        if self.fit_on is not None:
+            fit_on = tuple(sorted({int(i) for i in self.fit_on}))
+            if not fit_on or fit_on[0] < 0:
+                raise ValueError("fit_on must list one or more volume indices >= 0")
+            self.fit_on = fit_on  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape) if self.shape is not None else None
         d["clip"] = list(self.clip) if self.clip is not None else None
         d["steps"] = list(self.steps)
+        d["fit_on"] = list(self.fit_on) if self.fit_on is not None else None
         return d
 
 

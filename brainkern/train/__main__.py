@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="run directory (default: runs/<preset>-<model>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
     parser.add_argument(
+        "--resume-from",
+        choices=("last", "previous"),
+        default="last",
+        help="with --resume: the checkpoint to continue from (previous: the one before last.pt)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -139,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from brainkern.experiment.kwon import RunReport
     from brainkern.train.engine import Diverged, Interrupted, Trainer
+    from brainkern.train.state import CheckpointError
 
     wall = time.perf_counter()
     try:
         trainer = Trainer(
             cfg,
             run_dir,
-            resume=bool(args.resume),
+            resume=args.resume_from if args.resume else False,
             progress=not args.quiet,
             callbacks=[RunReport(evaluate=cfg["evaluate"]["enabled"], progress=not args.quiet)],
         )
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except Diverged as exc:
         print(f"\ntraining diverged: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - wall:.0f} s wall)")

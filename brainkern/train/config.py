@@ -37,6 +37,13 @@ DEFAULTS: dict[str, Any] = {
         # ... or a labels table (CSV/TSV) or a folder of class folders.
         "table": None,
         "classes": None,  # train on these class names only (default: all)
+        # Train on one fold of a subject-grouped, stratified split (the rest held out):
+        # folds >= 2 and fold in 0 .. folds-1; or an explicit split file (JSON with
+        # subject ids per part: {"train": [...], "test": [...]}). None: train on all.
+        "folds": None,
+        "fold": 0,
+        "split_seed": 0,
+        "split_file": None,
         "shape": [64, 64, 64],
         "clip": [0.01, 0.99],
         "trim": True,
@@ -87,7 +94,7 @@ _CHOICES = {
     ("data", "cohort"): (None, "smri", "fmri"),
 }
 # Keys whose values stay text even when they look like numbers.
-_TEXT_KEYS = {"name", "cohort", "table", "cache_dir", "device", "amp", "loss"}
+_TEXT_KEYS = {"name", "cohort", "table", "cache_dir", "device", "amp", "loss", "split_file"}
 _POSITIVE = {
     ("train", "iters"),
     ("train", "batch_size"),
@@ -251,6 +258,16 @@ def validate(cfg: dict[str, Any]) -> None:
         and all(isinstance(s, int) and s > 0 for s in shape)
     ):
         raise ValueError(f"data.shape must be three positive integers, got {shape!r}")
+    if data["folds"] is not None:
+        folds, fold = data["folds"], data["fold"]
+        if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+            raise ValueError(f"data.folds must be an integer >= 2 (or null: no split), got {folds!r}")
+        if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < folds:
+            raise ValueError(
+                f"data.fold must be an integer in 0 .. {folds - 1} (data.folds={folds}), got {fold!r}"
+            )
+        if data["split_file"] is not None:
+            raise ValueError("give data.folds or data.split_file, not both")
     if (data["cohort"] is None) == (data["table"] is None):
         raise ValueError("give exactly one of data.cohort (an embedded cohort) and data.table (your data)")
     for key in ("lr", "lambda_gp", "lambda_rec", "lambda_kl"):

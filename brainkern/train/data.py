@@ -7,6 +7,7 @@ volumes are cached too, so a second run starts at once.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -52,8 +53,109 @@ def cohort_table(data: dict[str, Any], *, progress: bool = True) -> Path:
     return table
 
 
-def load_dataset(data: dict[str, Any], *, progress: bool = True):
+def data_source(data: dict[str, Any], *, progress: bool = True) -> Path:
+    """The labels table or class folder a run reads (an embedded cohort is made first).
+
+    Raises:
+        FileNotFoundError: ``data.table`` does not exist.
+    """
+    if data["cohort"] is not None:
+        return cohort_table(data, progress=progress)
+    source = Path(data["table"]).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"data.table: no file or folder at {source}")
+    return source
+
+
+def read_records(source: Path):
+    """The volumes (path, label, subject) of a labels table or a folder of class folders."""
+    from brainkern.data.sources import read_table, scan_folder
+
+    return scan_folder(source) if source.is_dir() else read_table(source)
+
+
+def subject_ids(records) -> list[str]:
+    """Each volume's subject, or its file name where the source names no subject."""
+    return [r.subject if r.subject is not None else Path(r.path).name for r in records]
+
+
+def make_split(records, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's train / held-out split of ``records``, or ``None`` to train on all.
+
+    Either ``data.split_file`` (JSON ``{"train": [subject, ...], "test": [...]}``,
+    optionally ``"val"``) or ``data.folds`` >= 2 with ``data.fold`` in
+    ``0 .. folds - 1``: a stratified k-fold grouped by subject (scikit-learn's
+    ``StratifiedGroupKFold`` through :func:`brainkern.data.stratified_kfold`,
+    seeded by ``data.split_seed``) whose fold ``data.fold`` is held out. A subject's
+    volumes never sit on both sides.
+
+    Returns:
+        ``{"method", "parts": {part: [volume indices]}, "subjects": {part: [ids]}, ...}``.
+
+    Raises:
+        ValueError: a fold out of range, too few subjects per class, a split file
+            that names subjects the data lacks, puts one subject in two parts,
+            or leaves the training part empty.
+    """
+    from brainkern.data.splits import stratified_kfold
+
+    subjects = subject_ids(records)
+    if data.get("split_file"):
+        path = Path(data["split_file"]).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data.split_file: no file at {path}")
+        try:
+            spec = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"data.split_file {path} is not valid JSON: {exc}") from None
+        spec = spec.get("subjects", spec) if isinstance(spec, dict) else spec
+        if not isinstance(spec, dict) or "train" not in spec:
+            raise ValueError(f"data.split_file {path}: expected {{'train': [...], 'test': [...]}}")
+        known, owner = set(subjects), {}
+        for part, ids in spec.items():
+            missing = sorted(set(map(str, ids)) - known)
+            if missing:
+                shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+                raise ValueError(
+                    f"data.split_file {path}: part {part!r} names {len(missing)} subject(s) "
+                    f"the data set lacks: {shown}"
+                )
+            for sid in map(str, ids):
+                if owner.setdefault(sid, part) != part:
+                    raise ValueError(
+                        f"data.split_file {path}: subject {sid!r} is in both {owner[sid]!r} and {part!r}"
+                    )
+        parts = {part: [i for i, s in enumerate(subjects) if owner.get(s) == part] for part in spec}
+        method = {"method": "file", "file": str(path.resolve())}
+    elif data.get("folds"):
+        folds, fold = int(data["folds"]), int(data["fold"])
+        if not 0 <= fold < folds:
+            raise ValueError(f"data.fold must lie in 0 .. {folds - 1} (data.folds={folds}), got {fold}")
+        labels = [r.label for r in records]
+        train, test = stratified_kfold(labels, folds, groups=subjects, seed=int(data["split_seed"]))[fold]
+        parts = {"train": train.tolist(), "test": test.tolist()}
+        method = {
+            "method": "stratified-group-kfold",
+            "folds": folds,
+            "fold": fold,
+            "seed": int(data["split_seed"]),
+        }
+    else:
+        return None
+    if not parts.get("train"):
+        raise ValueError("the split leaves no training volume")
+    return {
+        **method,
+        "parts": parts,
+        "subjects": {part: sorted({subjects[i] for i in idx}) for part, idx in parts.items()},
+    }
+
+
+def load_dataset(data: dict[str, Any], *, progress: bool = True, split: dict[str, Any] | None = None):
     """The :class:`~brainkern.data.VolumeDataset` a run trains on.
+
+    With a ``split`` (:func:`make_split`), the quantities preprocessing fits from
+    the data (trimming box, brain mask) come from its training part only.
 
     Raises:
         FileNotFoundError: ``data.table`` does not exist.
@@ -62,34 +164,30 @@ def load_dataset(data: dict[str, Any], *, progress: bool = True):
     """
     from brainkern.data import VolumeDataset
 
-    if data["cohort"] is not None:
-        source = cohort_table(data, progress=progress)
-    else:
-        source = Path(data["table"]).expanduser()
-        if not source.exists():
-            raise FileNotFoundError(f"data.table: no file or folder at {source}")
+    source = data_source(data, progress=progress)
     cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else cache_root() / "datasets"
-    settings = dict(
+    return VolumeDataset(
+        read_records(source),
         shape=tuple(data["shape"]),
+        scale="[-1,1]",
         clip=tuple(data["clip"]) if data.get("clip") else None,
         trim=bool(data["trim"]),
+        fit_on=None if split is None else split["parts"]["train"],
         cache_dir=cache,
         progress=progress,
     )
-    if source.is_dir():
-        return VolumeDataset.from_folder(source, **settings)
-    return VolumeDataset.from_table(source, **settings)
 
 
-def training_indices(dataset, classes: list[str] | None) -> np.ndarray:
-    """Indices of the volumes of ``classes`` (all when ``None``)."""
+def training_indices(dataset, classes: list[str] | None, split: dict[str, Any] | None = None) -> np.ndarray:
+    """Indices of the volumes of ``classes`` (all when ``None``) in the split's training part."""
+    keep = np.arange(len(dataset)) if split is None else np.asarray(split["parts"]["train"], dtype=np.int64)
     if classes is None:
-        return np.arange(len(dataset))
+        return keep
     unknown = sorted(set(classes) - set(dataset.classes))
     if unknown:
         raise ValueError(f"data.classes: {unknown} not in the data set's classes {dataset.classes}")
-    keep = [dataset.classes.index(c) for c in classes]
-    return np.flatnonzero(np.isin(dataset.labels, keep))
+    wanted = [dataset.classes.index(c) for c in classes]
+    return keep[np.isin(dataset.labels[keep], wanted)]
 
 
 def real_volumes(dataset, indices: np.ndarray) -> torch.Tensor:

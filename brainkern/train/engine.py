@@ -33,10 +33,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from brainkern.train import config as config_mod
-from brainkern.train.data import Batches, load_dataset, real_volumes, training_indices
+from brainkern.train.data import (
+    Batches,
+    data_source,
+    load_dataset,
+    make_split,
+    read_records,
+    real_volumes,
+    training_indices,
+)
 from brainkern.train.recipes import Recipe, make_recipe
 from brainkern.train.state import (
     CheckpointError,
@@ -217,8 +226,11 @@ class Trainer:
         if resume:
             ckpt = self._load_resume_checkpoint("last" if resume is True else str(resume))
 
-        self.dataset = load_dataset(cfg["data"], progress=progress)
-        self.indices = training_indices(self.dataset, cfg["data"]["classes"])
+        # The split comes first: preprocessing fits its trimming box and mask on the
+        # training part only, and the generator never sees a held-out subject.
+        self.split = make_split(read_records(data_source(cfg["data"], progress=progress)), cfg["data"])
+        self.dataset = load_dataset(cfg["data"], progress=progress, split=self.split)
+        self.indices = training_indices(self.dataset, cfg["data"]["classes"], self.split)
         self.model = build_run_model(cfg, self.device, log=self.log)
         self.recipe: Recipe = make_recipe(self.model, cfg["train"], self.device)
         data = cfg["data"]
@@ -273,6 +285,7 @@ class Trainer:
             )
             info = first
         path.write_text(json.dumps(info, indent=2, default=str) + "\n")
+        self._write_split()
         # Steps logged after the checkpoint we resume from never happened in this history.
         if self.metrics_path.exists():
             kept = []
@@ -283,6 +296,38 @@ class Trainer:
                 except (ValueError, KeyError, TypeError):
                     continue
             self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
+
+    def evaluation_indices(self) -> tuple[np.ndarray, str]:
+        """The real volumes generated samples are compared with at the end of a run.
+
+        The held-out part of the split (``test``, else ``val``) when the run has
+        one, restricted to ``data.classes``; else the training volumes (then the
+        figures say how close samples are to what the generator saw, not to new
+        subjects). Returns ``(indices, description)``.
+        """
+        if self.split is not None:
+            for part in ("test", "val"):
+                idx = np.asarray(self.split["parts"].get(part, []), dtype=np.int64)
+                classes = self.cfg["data"]["classes"]
+                if classes is not None and len(idx):
+                    idx = idx[
+                        np.isin(self.dataset.labels[idx], [self.dataset.classes.index(c) for c in classes])
+                    ]
+                if len(idx):
+                    return idx, f"held-out {part} volumes ({len(idx)}, subjects not trained on)"
+        return self.indices, f"training volumes ({len(self.indices)}; the run has no held-out part)"
+
+    def _write_split(self) -> None:
+        """``split.json``: the subject ids and volumes of each part, so leakage can be checked."""
+        paths = [str(p) for p in self.dataset.paths]
+        if self.split is None:
+            record = {"method": "none", "parts": {"train": list(range(len(paths)))}}
+        else:
+            record = dict(self.split)
+        record["classes"] = self.cfg["data"]["classes"]
+        record["files"] = {part: [paths[i] for i in idx] for part, idx in record["parts"].items()}
+        record["trained_on"] = self.indices.tolist()
+        (self.run_dir / "split.json").write_text(json.dumps(record, indent=1) + "\n")
 
     def _state(self) -> dict[str, Any]:
         return {

@@ -175,6 +175,76 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkey
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_divergence_between_log_lines_is_caught_before_anything_is_written(tmp_path, monkeypatch):
+    """Losses are read only at logging windows; a NaN inside a window still stops the run
+    before a checkpoint, and names the iteration where it appeared."""
+    from brainkern.train import data
+
+    run = tmp_path / "run"
+    cfg = tiny(iters=8)
+    cfg["log"].update(every=4, checkpoint_every=6, picture_every=100)
+    trainer = Trainer(cfg, run, progress=False, log=None)
+    calls = {"n": 0}
+    original = data.Batches.__next__
+
+    def poisoned(self):
+        calls["n"] += 1
+        batch = original(self)
+        if calls["n"] == 6:
+            batch["image"] = torch.full_like(batch["image"], float("nan"))
+        return batch
+
+    monkeypatch.setattr(data.Batches, "__next__", poisoned)
+    with pytest.raises(Diverged, match="non-finite at iteration 6; no checkpoint was written yet"):
+        trainer.fit()
+    assert not (run / "checkpoints" / "last.pt").exists()  # the save at 6 was refused
+    assert [r["iter"] for r in _metrics(run) if "loss_g" in r] == [4]
+
+
+def test_a_truncated_checkpoint_is_a_one_line_error_and_previous_resumes(tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny(), run, progress=False, log=None).fit()  # checkpoints at 3 and 6
+    last, previous = run / "checkpoints" / "last.pt", run / "checkpoints" / "previous.pt"
+    assert torch.load(previous, weights_only=False)["iter"] == 3
+    assert torch.load(last, weights_only=False)["iter"] == 6
+    last.write_bytes(last.read_bytes()[:1000])  # a copy cut short
+    out = _cli("-m", "brainkern.train", "--resume", str(run), "--iters", "7", "--quiet", "--no-evaluate")
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "last.pt could not be read" in err[0] and "--resume-from previous" in err[0], err
+    again = Trainer(tiny(iters=7), run, resume="previous", progress=False, log=None)
+    assert again.iteration == 3
+    again.fit()
+    assert torch.load(last, weights_only=False)["iter"] == 7
+
+
+def test_no_device_read_per_iteration(tmp_path, monkeypatch):
+    """Between logging windows brainkern's loop never turns a tensor into a Python number.
+
+    (Adam reads its step counter, a CPU tensor even for CUDA parameters, with
+    ``.item()``: no device synchronisation, and not brainkern's code, so reads are
+    counted only where brainkern itself makes them.)
+    """
+    import inspect
+
+    cfg = tiny(iters=6)
+    cfg["log"].update(every=6, checkpoint_every=6, picture_every=6, n_samples=0)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=None)
+    reads = []
+    package = str(REPO / "brainkern")
+    for name in ("item", "tolist", "__bool__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _original=original, _name=name, **k):
+            if inspect.stack(0)[1].filename.startswith(package):
+                reads.append((_name, trainer.iteration))
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    trainer.fit()
+    assert reads and {it for _, it in reads} == {6}, reads  # all at the one window, none before
+
+
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, **kwargs)
