@@ -866,6 +866,11 @@ def _varying(variants: list[dict]) -> set[str]:
     return {k for k, vals in values.items() if len(vals) > 1}
 
 
+def _path_order(paths: list[str]) -> list[int]:
+    order = [PATHS["float32"], TF32_PATH, *list(PATHS.values())[1:]]
+    return sorted(order.index(p) if p in order else len(order) for p in paths)
+
+
 def triton_tables(variants: list[dict]) -> str:
     """One Markdown table per kernel module: a row per compiled variant."""
     out = []
@@ -877,7 +882,7 @@ def triton_tables(variants: list[dict]) -> str:
         for kernel in sorted({v["kernel"] for v in items}):
             mine = [v for v in items if v["kernel"] == kernel]
             shown = _varying(mine)
-            for v in sorted(mine, key=lambda v: (v["paths"], sorted(v["constexprs"].items()))):
+            for v in sorted(mine, key=lambda v: (_path_order(v["paths"]), sorted(v["constexprs"].items()))):
                 r = v["result"]
                 variant = " ".join(f"{k}={val}" for k, val in sorted(v["constexprs"].items()) if k in shown)
                 variant += f" w{v['num_warps']}/s{v['num_stages']}"
@@ -896,7 +901,7 @@ def triton_tables(variants: list[dict]) -> str:
                     ]
                 )
         header = ["kernel", "path", "variant", "registers", "spill bytes", "shared (B)", "tensor cores"]
-        out.append(f"#### Triton: {module}\n\n" + _table(header, rows, right=(3, 4, 5)))
+        out.append(f"### Triton: {module}\n\n" + _table(header, rows, right=(3, 4, 5)))
     return "\n\n".join(out)
 
 
@@ -905,7 +910,7 @@ def cuda_tables(results: dict[str, dict]) -> str:
     out = []
     for op, res in sorted(results.items()):
         if not res.get("ok"):
-            out.append(f"#### CUDA: {op}\n\ncompile failed:\n\n```\n{res.get('log', '')[-2000:]}\n```")
+            out.append(f"### CUDA: {op}\n\ncompile failed:\n\n```\n{res.get('log', '')[-2000:]}\n```")
             continue
         rows = [
             [
@@ -919,7 +924,7 @@ def cuda_tables(results: dict[str, dict]) -> str:
             for k in res["kernels"]
         ]
         header = ["kernel", "dtype/path", "registers", "spill bytes", "static shared (B)", "tensor cores"]
-        out.append(f"#### CUDA: {op}\n\n" + _table(header, rows, right=(2, 3, 4)))
+        out.append(f"### CUDA: {op}\n\n" + _table(header, rows, right=(2, 3, 4)))
     return "\n\n".join(out)
 
 
@@ -928,29 +933,46 @@ def report(workers: int = 2) -> str:
     import triton
 
     nvcc = shutil.which("nvcc")
-    nvcc_release = re.search(r"release [\d.]+, V[\d.]+", tool_version(nvcc)) if nvcc else None
-    ptxas_release = re.search(r"release [\d.]+, V[\d.]+", tool_version(tool("ptxas") or "ptxas"))
-    parts = [
-        f"Generated {datetime.date.today().isoformat()} by `.venv/bin/python scripts/kernel_resources.py`, "
-        f"without a GPU, for sm_90: Triton {triton.__version__} "
-        f"(its bundled ptxas, {ptxas_release[0] if ptxas_release else 'version unknown'}); "
-        f"nvcc {nvcc_release[0] if nvcc_release else 'not found'}.",
-    ]
+    release = re.compile(r"release [\d.]+, V[\d.]+")
+    nvcc_release = release.search(tool_version(nvcc)) if nvcc else None
+    nvcc_text = nvcc_release[0] if nvcc_release else "(not found)"
+    ptxas_release = release.search(tool_version(tool("ptxas") or "ptxas"))
+    ptxas_text = ptxas_release[0] if ptxas_release else "version unknown"
     tri = triton_resources(workers)
-    bad = [s for s in tri["scenarios"] if s["status"].startswith("error")]
+    cu = {p.parent.name: nvcc_check(p, nvcc)[0] for p in sorted(CSRC.glob("*/*.cu"))} if nvcc else {}
+    ok = [v["result"] for v in tri["variants"] if v["result"].get("ok")]
+    cuda_kernels = [k for res in cu.values() for k in res.get("kernels", [])]
+    parts = [
+        "## Compile-time resources (sm_90, no GPU)",
+        f"{datetime.date.today().isoformat()}, no GPU: every kernel compiled for sm_90 by Triton "
+        f"{triton.__version__} (its bundled ptxas, {ptxas_text}) and nvcc {nvcc_text}. Regenerate with "
+        "`.venv/bin/python scripts/kernel_resources.py` (cached by source; `--recheck` compiles "
+        "everything again) and replace this section with its output.",
+        "Triton rows are the launches the ops make at Kwon et al.'s shapes (generator resize-convs "
+        "512->256 at 4^3 to 64->1 at 32^3, batch 4; pixel shuffle (4, 512, 8^3) r=2; MMD over 100 tests "
+        "of 8 vs 8 at 64^3, linear and RBF; spectral norm over a 64^3 discriminator's 5 weights; gradient "
+        "penalty on (4, 1, 64^3), two-sided and R1), forward and backward, specialised as Triton's "
+        "launcher does on an sm_90 device; `fp32-tf32` is the fp32 launch with TF32 allowed (PyTorch's "
+        "default for convolutions on a GPU). Registers are per thread; spill bytes are ptxas's spill "
+        "stores plus loads; Triton's shared memory is what a launch requests, CUDA's the static part "
+        "(dynamic shared memory is set at launch); tensor cores count HMMA/HGMMA/DMMA... in the SASS.",
+        f"Summary: {len(tri['variants'])} Triton variants of "
+        f"{len({v['kernel'] for v in tri['variants']})} kernels, {len(ok)} compiled, "
+        f"{sum(spill_bytes(r) > 0 for r in ok)} spill, {sum(bool(r['tensor_cores']) for r in ok)} use tensor "
+        f"cores; {len(cuda_kernels)} CUDA kernel instantiations, "
+        f"{sum(spill_bytes(k) > 0 for k in cuda_kernels)} spill, "
+        f"{sum(bool(k['tensor_cores']) for k in cuda_kernels)} use tensor cores.",
+    ]
     declined = [
         f"{s['scenario']} {s['path']}" for s in tri["scenarios"] if s["status"].startswith("declined")
     ]
     if declined:
         parts.append("Paths an op's dispatch keeps off Triton (no launch): " + ", ".join(declined) + ".")
-    for s in bad:
-        parts.append(f"Recording {s['scenario']} {s['path']} failed:\n\n```\n{s['status'][-1500:]}\n```")
+    for s in tri["scenarios"]:
+        if s["status"].startswith("error"):
+            parts.append(f"Recording {s['scenario']} {s['path']} failed:\n\n```\n{s['status'][-1500:]}\n```")
     parts.append(triton_tables(tri["variants"]))
-    if nvcc:
-        cu = {p.parent.name: nvcc_check(p, nvcc)[0] for p in sorted(CSRC.glob("*/*.cu"))}
-        parts.append(cuda_tables(cu))
-    else:
-        parts.append("nvcc is not on PATH: no CUDA tables.")
+    parts.append(cuda_tables(cu) if cu else "nvcc is not on PATH: no CUDA tables.")
     return "\n\n".join(parts) + "\n"
 
 
