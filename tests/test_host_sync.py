@@ -1,0 +1,319 @@
+"""A training iteration makes no host-device synchronisation.
+
+A GPU training step should only queue work. Every ``.item()``, every tensor built
+from host data, every data-dependent shape (``nonzero``, boolean masks) and every
+blocking copy between devices makes the host wait until the device has caught
+up, and a step with a few of them loses the overlap of Python with the kernels.
+
+There is no GPU here, so :class:`SyncRecorder` finds these places on the CPU: a
+``TorchDispatchMode`` records the ATen ops that read tensor data on the host or
+block on the device, and patches record the tensor methods that read memory
+without dispatching (``tolist``, ``numpy``). The tests run a step once to fill
+caches (optimiser state, kernel and layout caches), then again under the
+recorder, and assert that nothing was recorded; a failure lists each event with
+a short stack. On a CUDA device the recorded step also runs under
+``torch.cuda.set_sync_debug_mode("error")``.
+
+The step is a recipe step of the model zoo (Kwon et al.'s alpha-WGAN-GP, built
+as the training engine builds it: forward, losses, gradient penalties, backward,
+optimiser steps). The engine's reads of the losses at its logging windows are
+not part of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import brainkern.nn as bnn
+import brainkern.nn.resize_conv as resize_conv_layer
+from brainkern.ops import gradient_penalty, use_backend
+from brainkern.ops._backend import interpreter_enabled
+from brainkern.train import config
+from brainkern.train.engine import build_run_model
+from brainkern.train.recipes import make_recipe
+
+aten = torch.ops.aten
+
+# ATen ops that read tensor data on the host, or whose output shape depends on it.
+_SYNCING = {
+    aten._local_scalar_dense.default: "a tensor read as a Python number (item, float, int, bool)",
+    aten.is_nonzero.default: "bool() of a tensor",
+    aten.equal.default: "torch.equal",
+    aten.allclose.default: "torch.allclose",
+    aten.nonzero.default: "nonzero: a data-dependent shape",
+    aten.masked_select.default: "masked_select: a data-dependent shape",
+    aten.lift_fresh.default: "a tensor made from host data (torch.tensor(...))",
+    aten.lift_fresh_copy.default: "a tensor made from host data (torch.tensor(...))",
+}
+_DATA_DEPENDENT = ("_unique", "_unique2", "unique_dim", "unique_consecutive")
+
+# Frames that say nothing about where a sync comes from.
+_NOISE = ("/torch/", "/_pytest/", "/pluggy/", __file__)
+
+# Syncs in files that other engineers are fixing at the time of writing (issue 9):
+# a failure made only of these is an expected failure until their fixes land.
+_BEING_FIXED = {
+    "brainkern/ops/resize_conv3d.py": "resize_conv3d folds its weight from a host constant (torch.tensor)",
+    "brainkern/ops/spectral_norm.py": "spectral_norm's cache misses",
+}
+
+
+@dataclass
+class Event:
+    """One recorded sync: what it was and the innermost frames that caused it."""
+
+    what: str
+    stack: list[str]
+
+    def __str__(self) -> str:
+        return self.what + "".join(f"\n      {line}" for line in self.stack)
+
+
+def _short_stack(limit: int = 5) -> list[str]:
+    frames = [f for f in traceback.extract_stack()[:-3] if not any(n in f.filename for n in _NOISE)]
+    return [f"{f.filename}:{f.lineno} in {f.name}: {f.line}" for f in frames[-limit:]]
+
+
+class SyncRecorder(TorchDispatchMode):
+    """Records every op that makes the host wait for a device, with a short stack.
+
+    Args:
+        host_scalars: tensors that live on the host by design (``torch.optim``'s
+            step counters, kept on the CPU unless ``capturable``): reading them is
+            not a device sync.
+    """
+
+    def __init__(self, host_scalars: tuple[torch.Tensor, ...] = ()) -> None:
+        super().__init__()
+        self.events: list[Event] = []
+        self._host = {id(t) for t in host_scalars}
+
+    def record(self, what: str) -> None:
+        self.events.append(Event(what, _short_stack()))
+
+    def _why(self, func, args, kwargs) -> str | None:
+        if func in _SYNCING:
+            if func is aten._local_scalar_dense.default and id(args[0]) in self._host:
+                return None
+            return f"{func}: {_SYNCING[func]}"
+        name = func.overloadpacket.__name__
+        if name in _DATA_DEPENDENT or (name == "repeat_interleave" and "output_size" not in kwargs):
+            return f"{func}: a data-dependent shape"
+        if name == "index" and any(
+            isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1]
+        ):
+            return f"{func} with a boolean mask: a data-dependent shape"
+        if not kwargs.get("non_blocking", False):
+            if name == "copy_" and args[0].device != args[1].device:
+                return f"{func}: a blocking copy {args[1].device} -> {args[0].device}"
+            target = kwargs.get("device")
+            if name == "_to_copy" and target is not None and torch.device(target) != args[0].device:
+                return f"{func}: a blocking copy {args[0].device} -> {target}"
+        return None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        why = self._why(func, args, kwargs)
+        if why is not None:
+            self.record(why)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def recording(host_scalars: tuple[torch.Tensor, ...] = ()) -> Iterator[SyncRecorder]:
+    """Within the block, host syncs are recorded (see :class:`SyncRecorder`)."""
+    recorder = SyncRecorder(host_scalars)
+    originals = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy")}
+
+    def spy(name: str, original: Callable) -> Callable:
+        def method(self, *args, **kwargs):
+            recorder.record(f"Tensor.{name}(): reads the tensor's data on the host")
+            return original(self, *args, **kwargs)
+
+        return method
+
+    for name, original in originals.items():
+        setattr(torch.Tensor, name, spy(name, original))
+    try:
+        with recorder:
+            yield recorder
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+def _no_sync(step: Callable[[], object], device: str, host_scalars=lambda: ()) -> list[Event]:
+    """Runs ``step`` once to warm up, then once recorded (and, on CUDA, in sync debug mode 'error')."""
+    step()
+    before = torch.cuda.get_sync_debug_mode() if device == "cuda" else None
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        with recording(host_scalars()) as rec:
+            step()
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode(before)
+    return rec.events
+
+
+def _assert_none(events: list[Event]) -> None:
+    if events and all(any(path in line for line in e.stack for path in _BEING_FIXED) for e in events):
+        known = sorted({why for path, why in _BEING_FIXED.items() for e in events if path in str(e)})
+        pytest.xfail(f"{len(events)} host syncs, all in code being fixed: {'; '.join(known)}")
+    assert not events, f"{len(events)} host syncs in one step:\n" + "\n".join(map(str, events))
+
+
+# ----------------------------------------------------------------------------- the recorder itself
+
+
+def test_recorder_sees_the_usual_syncs():
+    x = torch.randn(4, 3)
+    with recording() as rec:
+        x.sum().item()
+        bool(x[0, 0] > 0)
+        x.tolist()
+        x.numpy()
+        torch.tensor([1.0, 2.0])
+        x[x > 0]
+        torch.nonzero(x)
+        torch.equal(x, x)
+        torch.allclose(x, x)
+        torch.unique(x)
+        x.to("meta")
+    whats = [e.what for e in rec.events]
+    # bool() reaches the dispatcher as _local_scalar_dense (is_nonzero is decomposed above it)
+    expected = ["_local_scalar_dense", "_local_scalar_dense", "Tensor.tolist", "Tensor.numpy", "lift_fresh"]
+    expected += ["boolean mask", "nonzero", "equal", "allclose", "_unique2", "blocking copy cpu -> meta"]
+    assert len(whats) == len(expected), "\n".join(whats)
+    for what, part in zip(whats, expected, strict=True):
+        assert part in what
+    assert all("test_host_sync" not in line for e in rec.events for line in e.stack)
+    assert "spy" not in torch.Tensor.tolist.__qualname__  # the patches are gone
+
+
+def test_recorder_ignores_queued_work_and_host_scalars():
+    x = torch.randn(4, 3)
+    step = torch.tensor(3.0)
+    with recording(host_scalars=(step,)) as rec:
+        torch.zeros((), device=x.device) + x.sum() * 2.0
+        torch.where(x > 0, x, torch.zeros_like(x)).mean()
+        torch.full((2,), 0.5, dtype=torch.float64)
+        step.item()
+        x.to(torch.float64)
+        x.to("meta", non_blocking=True)
+    assert rec.events == [], "\n".join(map(str, rec.events))
+
+
+# ----------------------------------------------------------------------------- a recipe step of the model zoo
+
+
+def _tiny_recipe(device: str):
+    """Kwon et al.'s alpha-WGAN-GP at 16^3 with widths of 1 to 8 channels, as the engine builds it."""
+    cfg = config.resolve(
+        None,
+        [
+            {
+                "model": {"name": "alpha-wgan-gp", "latent_dim": 8, "width": 1, "code_hidden": 8},
+                "data": {"shape": [16, 16, 16]},
+                # one generator update instead of Kwon's two: the second repeats the first's calls
+                "train": {"batch_size": 2, "gradfix": True, "g_updates": 1},
+            }
+        ],
+    )
+    model = build_run_model(cfg, torch.device(device))
+    model.train()
+    return make_recipe(model, cfg["train"], device)
+
+
+def _step_counters(*optimizers: torch.optim.Optimizer) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        state["step"]
+        for opt in optimizers
+        for state in opt.state.values()
+        if isinstance(state.get("step"), torch.Tensor) and state["step"].device.type == "cpu"
+    )
+
+
+def _recipe_step_events(backend: str, device: str) -> list[Event]:
+    recipe = _tiny_recipe(device)
+    real = torch.rand(2, 1, 16, 16, 16, device=device) * 2 - 1
+    logs: dict[str, torch.Tensor] = {}
+
+    def step():
+        with use_backend(backend):
+            logs.update(recipe.step(real))
+
+    events = _no_sync(step, device, lambda: _step_counters(*recipe.optimizers.values()))
+    assert {"loss_d", "gp_d", "loss_c", "gp_c"} <= set(logs)
+    assert all(v.dim() == 0 for v in logs.values())
+    return events
+
+
+def test_a_recipe_step_does_not_synchronise(backend_device, monkeypatch):
+    backend, device = backend_device
+    if backend == "triton" and device == "cpu":
+        # resize_conv3d's Triton kernels take about 90 s a step in the interpreter: here
+        # they run on the C++ backend; test_..._all_triton_interpreted runs them (-m slow).
+        original = resize_conv_layer.resize_conv3d
+
+        def on_cpu(*args, **kwargs):
+            with use_backend("cpu"):
+                return original(*args, **kwargs)
+
+        monkeypatch.setattr(resize_conv_layer, "resize_conv3d", on_cpu)
+    _assert_none(_recipe_step_events(backend, device))
+
+
+@pytest.mark.slow
+def test_a_recipe_step_does_not_synchronise_all_triton_interpreted(request):
+    if not interpreter_enabled():
+        pytest.skip("runs Triton's CPU interpreter (TRITON_INTERPRET=1)")
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("3 minutes of CPU time in the interpreter: select it with -m slow")
+    _assert_none(_recipe_step_events("triton", "cpu"))
+
+
+# ----------------------------------------------------------------------------- the shuffle and penalty ops
+
+
+class _ShuffleGAN(nn.Module):
+    """A generator upsampling by pixel shuffle and a critic downsampling by unshuffle (brainkern.nn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generator = nn.Sequential(bnn.Conv3d(2, 8, 3, padding=1), bnn.PixelShuffle3d(2), nn.Tanh())
+        # (N, 1, 6, 6, 6) -> (N, 8, 3, 3, 3) -> (N, 4, 1, 1, 1) -> (N, 1)
+        self.critic = nn.Sequential(
+            bnn.PixelUnshuffle3d(2), bnn.Conv3d(8, 4, 3), nn.Flatten(), nn.Linear(4, 1)
+        )
+
+
+@pytest.mark.parametrize("mode", ["two-sided", "one-sided", "r1"])
+def test_shuffle_and_penalty_steps_do_not_synchronise(backend_device, mode):
+    """pixel_shuffle3d / unshuffle and each penalty mode, forward and backward, lazy or not."""
+    backend, device = backend_device
+    net = _ShuffleGAN().to(device)
+    opt = torch.optim.Adam(net.parameters())
+    z = torch.randn(3, 2, 3, 3, 3, device=device)
+    real = torch.rand(3, 1, 6, 6, 6, device=device)
+
+    def step():
+        with use_backend(backend):
+            fake = net.generator(z)
+            loss = net.critic(fake).mean() - net.critic(real).mean()
+            for every in (1, 2, 2):  # with every=2, one call skips and one applies
+                loss = loss + gradient_penalty(net.critic, real, fake, mode=mode, every=every)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    _assert_none(_no_sync(step, device, lambda: _step_counters(opt)))
