@@ -22,6 +22,9 @@
 
 namespace brainkern {
 
+// The launchers take any number of tests T: the grid's test dimension is capped
+// at CUDA's 65,535 and the kernels loop over the rest. T == 0 launches nothing.
+
 // partial (T, P, 3) float64: the three sums of each D-chunk of `chunk` features.
 template <typename scalar_t>
 cudaError_t mmd_linear_stats_launch(const scalar_t* x, const scalar_t* y, double* partial, int64_t tests,
