@@ -18,6 +18,7 @@ from brainkern.models.classifier import Classifier
 __all__ = [
     "KINDS",
     "build_model",
+    "model_factory",
     "model_kind",
     "model_names",
     "model_parameters",
@@ -65,6 +66,16 @@ def register_model(name: str, kind: str = "generative") -> Callable[[F], F]:
 def model_names(kind: str | None = None) -> list[str]:
     """The registered model names (of one ``kind`` when given), sorted."""
     return sorted(n for n in _REGISTRY if kind is None or _KIND[n] == kind)
+
+
+def model_factory(name: str) -> Callable[..., Any]:
+    """The factory registered as ``name`` (its signature is the model's config schema).
+
+    Raises:
+        ValueError: unknown model name.
+    """
+    model_kind(name)
+    return _REGISTRY[name]
 
 
 def model_kind(name: str) -> str:

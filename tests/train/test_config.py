@@ -42,8 +42,7 @@ def test_overrides_parse_yaml_values():
     assert cfg["data"]["shape"] == [16, 32, 16]
     assert config.parse_override("train.loss=hinge") == {"train": {"loss": "hinge"}}
     assert config.parse_override("data.table=") == {"data": {"table": None}}
-    # YAML 1.1 reads 5e-4 (no dot) as text; it is a number here, in overrides and in files.
-    assert config.parse_override("train.lr=5e-4") == {"train": {"lr": 5e-4}}
+    # YAML 1.1 reads 5e-4 (no dot) as text; the schema makes it the number the key takes.
     assert config.resolve("quick", [config.parse_override("train.lr=1e-3")])["train"]["lr"] == 1e-3
 
 
@@ -82,3 +81,49 @@ def test_dump_round_trips(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(config.dump(cfg))
     assert config.resolve(path) == {**cfg, "preset": "quick"}
+
+
+def test_values_take_their_keys_types():
+    over = [
+        config.parse_override("data.classes=['0','1']"),
+        config.parse_override("train.iters=1e3"),
+        config.parse_override("model.latent_dim=2e1"),
+        config.parse_override("train.betas=[5e-1, 0.9]"),
+    ]
+    cfg = config.resolve("quick", over)
+    assert cfg["data"]["classes"] == ["0", "1"]  # class names stay text
+    assert cfg["train"]["iters"] == 1000 and isinstance(cfg["train"]["iters"], int)
+    assert cfg["model"]["latent_dim"] == 20 and isinstance(cfg["model"]["latent_dim"], int)
+    assert cfg["train"]["betas"] == [0.5, 0.9]
+    unquoted = config.resolve("quick", [config.parse_override("data.classes=[0, 1]")])
+    assert unquoted["data"]["classes"] == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.iters=1.5", "train.iters: Input should be a valid integer"),
+        ("train.batch_size=four", "train.batch_size: Input should be a valid integer"),
+        ("train.lr=-1", "train.lr: Input should be greater than or equal to 0"),
+        ("log.every=0", "log.every: Input should be greater than or equal to 1"),
+        ("data.flip=maybe", "data.flip: Input should be a valid boolean"),
+        ("model.latent_dim=big", "model.latent_dim: Input should be a valid integer"),
+        ("model.widht=8", "unknown config key 'model.widht'; model 'alpha-wgan-gp' takes: "),
+        ("model.name=alpha-wgan", "model.name: 'alpha-wgan' is not a registered generative model"),
+        (
+            "train.optim.generator.momentum=0.9",
+            "unknown config key 'train.optim.generator.momentum'; allowed keys here: lr, betas",
+        ),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_key(override, message):
+    with pytest.raises(ValueError) as info:
+        config.resolve("quick", [config.parse_override(override)])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_key_lists_the_allowed_ones():
+    with pytest.raises(
+        KeyError, match="unknown config key 'log.evry'; known keys here: checkpoint_every, every"
+    ):
+        config.resolve("quick", [config.parse_override("log.evry=3")])

@@ -65,7 +65,7 @@ def test_split_file_errors(tmp_path):
     assert split["parts"] == {"train": [0, 3], "val": [1], "test": [2]}
     with pytest.raises(ValueError, match=r"data.fold must be an integer in 0 \.\. 2"):
         config.resolve("quick", [{"data": {"folds": 3, "fold": 3}}])
-    with pytest.raises(ValueError, match="data.folds must be an integer >= 2"):
+    with pytest.raises(ValueError, match="data.folds: Input should be greater than or equal to 2"):
         config.resolve("quick", [{"data": {"folds": 1}}])
 
 
