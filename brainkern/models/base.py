@@ -91,13 +91,19 @@ class GenerativeModel(nn.ModuleDict):
     ) -> torch.Tensor:
         """``n`` latent codes from N(0, I), float32, shape ``(n, latent_dim)``.
 
-        Drawn on the CPU with ``generator`` (the global RNG when ``None``) and then
-        moved to ``device``, so a seeded generator gives the same codes on every device.
+        With a ``generator`` (a seeded CPU ``torch.Generator``: sampling, evaluation)
+        the codes are drawn on the CPU and then moved to ``device``, so a seed gives
+        the same codes on every device. Without one (a training step) they are drawn
+        by ``device``'s own global generator where they are used: no host-to-device
+        copy, so the step never waits for the device (on the CPU both ways draw the
+        same numbers).
 
         Raises:
             ValueError: ``n < 0``.
         """
         n = _check_count(n, "n", minimum=0)
+        if generator is None and device is not None:
+            return torch.randn(n, self.latent_dim, dtype=torch.float32, device=device)
         z = torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float32)
         return z if device is None else z.to(device)
 

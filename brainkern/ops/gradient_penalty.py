@@ -50,7 +50,9 @@ __all__ = [
     "gradient_penalty",
     "gradient_penalty_reference",
     "interpolate",
+    "lazy_count",
     "norm_penalty",
+    "set_lazy_count",
 ]
 
 MODES: dict[str, int] = {"two-sided": 0, "one-sided": 1, "r1": 2}
@@ -164,6 +166,25 @@ def _lazy_applies(discriminator: Callable, every: int) -> bool:
             f"can be weakly referenced (an nn.Module or a function), got {type(discriminator).__name__}"
         ) from exc
     return count % every == 0
+
+
+def lazy_count(discriminator: Callable) -> int:
+    """How many penalty calls ``gradient_penalty(..., every > 1)`` has counted for
+    ``discriminator`` (0 when none): part of a training run's state, so that a resumed
+    run computes the penalty on the same iterations as an uninterrupted one."""
+    return int(_CALLS.get(_lazy_key(discriminator), 0))
+
+
+def set_lazy_count(discriminator: Callable, count: int) -> None:
+    """Restore what :func:`lazy_count` returned (e.g. from a checkpoint).
+
+    Raises:
+        ValueError: a negative count.
+        TypeError: a discriminator that cannot be weakly referenced.
+    """
+    if int(count) < 0:
+        raise ValueError(f"set_lazy_count: count must be >= 0, got {count}")
+    _CALLS[_lazy_key(discriminator)] = int(count)
 
 
 def _skipped(real: torch.Tensor) -> torch.Tensor:

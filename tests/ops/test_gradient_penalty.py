@@ -606,3 +606,19 @@ class _NoWeakref:
 
     def __call__(self, x):
         return x.sum(1)
+
+
+def test_lazy_counts_can_be_saved_and_restored():
+    """A run resumed with every > 1 penalises on the same calls as an uninterrupted one."""
+    from brainkern.ops.gradient_penalty import lazy_count, set_lazy_count
+
+    D = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 1))
+    real, fake = torch.randn(2, 8), torch.randn(2, 8)
+    hits = [bool(gradient_penalty(D, real, fake, every=3).detach() != 0) for _ in range(4)]
+    assert hits == [False, False, True, False] and lazy_count(D) == 4
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 1))
+    set_lazy_count(other, lazy_count(D))
+    nxt = [bool(gradient_penalty(other, real, fake, every=3).detach() != 0) for _ in range(3)]
+    assert nxt == [False, True, False]  # calls 5, 6, 7: the 6th penalises
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        set_lazy_count(other, -1)
