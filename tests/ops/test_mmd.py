@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from brainkern.ops import BackendError, use_backend
 from brainkern.ops.mmd import mmd2, mmd2_batched, mmd2_batched_reference, mmd2_reference
+from tests.conftest import BACKEND_DEVICES
+from tests.guards import poisoned_outputs
 
 KERNELS = ("linear", "rbf", "poly")
 ESTIMATORS = ("biased", "unbiased")
+# CUDA's limit on grid dimensions 1 and 2, and a number of tests past it.
+GRID_Y_LIMIT = 65535
+MANY_TESTS = 70_000
 
 
 def explicit_mmd2(x, y, kernel, estimator, bandwidths=None):
@@ -300,3 +312,260 @@ def test_default_bandwidths_are_detached(backend_device):
     (grad2,) = torch.autograd.grad(out2.sum(), x2)
     torch.testing.assert_close(out, out2, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(grad, grad2, atol=1e-10, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------- many tests per call
+
+
+def _boundary_tests(t: int) -> list[int]:
+    """Tests on both sides of each round of a grid of GRID_Y_LIMIT rows, and the last one."""
+    return [0, 1, GRID_Y_LIMIT - 1, GRID_Y_LIMIT, GRID_Y_LIMIT + 1, t - 1]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_more_tests_than_the_cuda_grid_holds(backend_device, kernel):
+    backend, device = backend_device
+    if backend == "triton" and device == "cpu":
+        # ~40 ms per interpreted test: 70,000 would take most of an hour. The launch
+        # grid at this size and the loop over tests are checked by the tests below.
+        pytest.skip("70,000 tests through Triton's interpreter; see test_triton_launch_grid_*")
+    x, y = _pair(MANY_TESTS, 2, 3, (3,), device=device)
+    a, b = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    weights = torch.randn(MANY_TESTS, dtype=torch.float64, device=device)
+    with use_backend(backend):
+        out = mmd2_batched(a, b, kernel, "unbiased")
+        out.backward(weights)
+    assert out.shape == (MANY_TESTS,)
+    for i in _boundary_tests(MANY_TESTS):
+        want = explicit_mmd2(x[i].cpu(), y[i].cpu(), kernel, "unbiased")
+        torch.testing.assert_close(out[i].cpu(), want, atol=1e-10, rtol=1e-10)
+        # One test per call on the same backend is the oracle for the gradients.
+        a1, b1 = x[i].clone().requires_grad_(True), y[i].clone().requires_grad_(True)
+        with use_backend(backend):
+            (mmd2(a1, b1, kernel, "unbiased") * weights[i]).backward()
+        torch.testing.assert_close(a.grad[i], a1.grad, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(b.grad[i], b1.grad, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_no_tests_gives_an_empty_result(backend_device, kernel):
+    backend, device = backend_device
+    x, y = _pair(0, 3, 2, (4, 3), device=device)
+    with use_backend(backend):
+        out = mmd2_batched(x, y, kernel, "unbiased")
+    assert out.shape == (0,) and out.dtype == x.dtype
+
+
+class _LaunchSpy:
+    """Stands in for a Triton kernel: records each launch, then runs it (``run``) or not."""
+
+    def __init__(self, kernel, run: bool) -> None:
+        self.kernel, self.run = kernel, run
+        self.launches: list[tuple[tuple[int, ...], dict, dict]] = []  # (grid, arguments by name, options)
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            named = dict(zip(self.kernel.arg_names, args, strict=False))
+            self.launches.append((tuple(grid), named, dict(kwargs)))
+            if self.run:
+                self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+_TRITON_KERNELS = ("_mmd_linear_fwd_kernel", "_mmd_linear_bwd_kernel", "_mmd_gram_fwd_kernel")
+
+
+def _spy_on_kernels(monkeypatch, kmod, run: bool) -> dict[str, _LaunchSpy]:
+    spies = {name: _LaunchSpy(getattr(kmod, name), run) for name in _TRITON_KERNELS}
+    for name, spy in spies.items():
+        monkeypatch.setattr(kmod, name, spy)
+    return spies
+
+
+def _meta_launches(kmod, shapes, dtypes) -> None:
+    """Call every launcher on ``meta`` tensors of (T, m, n, D) shapes: nothing is allocated."""
+    for (tests, m, n, dim), dtype in ((s, d) for s in shapes for d in dtypes):
+        x = torch.empty(tests, m, dim, dtype=dtype, device="meta")
+        y = torch.empty(tests, n, dim, dtype=dtype, device="meta")
+        kmod.linear_stats(x, y)
+        kmod.linear_backward(x, y, torch.empty(tests, 3, dtype=torch.float64, device="meta"))
+        if m + n <= 64:
+            kmod.gram(x, y)
+
+
+def test_triton_launch_grid_stays_within_cuda_limits(monkeypatch):
+    kmod = pytest.importorskip("brainkern.kernels.mmd")
+    spies = _spy_on_kernels(monkeypatch, kmod, run=False)
+    _meta_launches(kmod, [(MANY_TESTS, 2, 3, 3), (MANY_TESTS, 8, 8, 64**3)], [torch.float32])
+    for spy in spies.values():
+        assert len(spy.launches) == 2
+        for grid, args, _ in spy.launches:
+            assert grid[1] == GRID_Y_LIMIT and args["tests"] == MANY_TESTS, (grid, args["tests"])
+            assert grid[0] <= 2**31 - 1
+
+
+TRITON_DEVICES = [p for p in BACKEND_DEVICES if p.values[0][0] == "triton"]
+
+
+@pytest.fixture(params=TRITON_DEVICES)
+def triton_device(request) -> str:
+    """The devices the Triton backend runs on here (the interpreter on the CPU, or a GPU)."""
+    return request.param[1]
+
+
+# Sizes for which every loop of every Triton kernel runs more than one round once
+# the launch constants are shrunk (see small_triton_launches): 5 tests on 2 grid
+# rows, D = 105 in steps of 16 split into parts of 2 steps, m = 5 and n = 3 samples
+# in tiles of 2 rows.
+LOOP_TESTS, LOOP_M, LOOP_N, LOOP_SPATIAL = 5, 5, 3, (7, 5, 3)
+
+
+@pytest.fixture
+def small_triton_launches(monkeypatch, triton_device):
+    """The Triton kernel module with launch constants so small that every loop repeats.
+
+    Every launch still runs, and is checked to use the shrunk grid limit.
+    """
+    kmod = pytest.importorskip("brainkern.kernels.mmd")
+    monkeypatch.setattr(kmod, "_MAX_GRID_Y", 2)
+    monkeypatch.setattr(kmod, "_TARGET_PROGRAMS", 1)
+    monkeypatch.setattr(kmod, "_LANE_TERMS", 2)
+    monkeypatch.setattr(kmod, "_LINEAR_BLOCK_D", 16)
+    monkeypatch.setattr(kmod, "_ROWS", 2)
+    dim = LOOP_SPATIAL[0] * LOOP_SPATIAL[1] * LOOP_SPATIAL[2]
+    for block_d in (kmod._LINEAR_BLOCK_D, kmod._GRAM_BLOCK_D):
+        parts, steps = kmod._split(LOOP_TESTS, dim, block_d)
+        assert parts > 1 and steps > 1 and dim % block_d != 0, (parts, steps)
+    assert LOOP_TESTS > 2 * kmod._MAX_GRID_Y and min(LOOP_M, LOOP_N) > kmod._ROWS
+    spies = _spy_on_kernels(monkeypatch, kmod, run=True)
+    yield kmod
+    for spy in spies.values():
+        for grid, _, _ in spy.launches:
+            assert grid[1] == kmod._MAX_GRID_Y, grid
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_triton_loops_run_several_rounds(small_triton_launches, triton_device, kernel, estimator, dtype):
+    kmod = small_triton_launches
+    x, y = _pair(LOOP_TESTS, LOOP_M, LOOP_N, LOOP_SPATIAL, dtype=dtype, device=triton_device)
+    weights = torch.randn(LOOP_TESTS, dtype=torch.float64, device=triton_device)
+    a, b = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    with use_backend("triton"), poisoned_outputs(kmod) as guard:
+        out = mmd2_batched(a, b, kernel, estimator)
+        out.backward(weights.to(dtype))
+    assert guard.count > 0
+    a64, b64 = x.double().requires_grad_(True), y.double().requires_grad_(True)
+    want = mmd2_batched_reference(a64, b64, kernel, estimator)
+    want.backward(weights)
+    if dtype == torch.float64:
+        tol = {"atol": 1e-10, "rtol": 1e-10}
+    else:
+        # The result is rounded to float32 (6e-8 relative) after float32 sums over a
+        # few tiles: measured errors are at most 7e-8 relative. A skipped, repeated
+        # or unmasked tile moves the result by far more than 1e-5.
+        tol = {"atol": 1e-6, "rtol": 1e-5}
+    torch.testing.assert_close(out.double(), want.detach(), **tol)
+    torch.testing.assert_close(a.grad.double(), a64.grad, **tol)
+    torch.testing.assert_close(b.grad.double(), b64.grad, **tol)
+
+
+def test_triton_linear_takes_any_number_of_samples(triton_device):
+    # More samples than one tile holds; the kernel streams them in tiles.
+    x, y = _pair(1, 300, 3, (5,), device=triton_device)
+    with use_backend("triton"):
+        got = mmd2_batched(x, y, "linear", "unbiased")
+    torch.testing.assert_close(
+        got, mmd2_batched_reference(x, y, "linear", "unbiased"), atol=1e-10, rtol=1e-10
+    )
+
+
+# --------------------------------------------------------------------------- registers on sm_90
+
+_PTR = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+# (T, m, n, D): Kwon et al.'s evaluation (100 tests of 8 + 8 volumes of 64^3); row
+# tiles of 1, 4 and 8 samples and Gram tiles of 16, 32 and 64 rows over many steps
+# per program; many samples; many tests of one step.
+SPILL_SHAPES = [
+    (100, 8, 8, 64**3),
+    (100, 1, 1, 10**5),
+    (100, 3, 4, 10**5),
+    (100, 12, 9, 10**5),
+    (100, 32, 32, 10**5),
+    (4, 300, 2, 4096),
+    (MANY_TESTS, 2, 2, 3),
+]
+
+
+def sm90_resource_usage(dtype: torch.dtype) -> list[dict]:
+    """Registers, stack and local memory on sm_90 of every launch the Triton launchers pick.
+
+    The launchers run on ``meta`` tensors of SPILL_SHAPES with spies in place of
+    the kernels (nothing is allocated or run); each distinct configuration is
+    compiled ahead of time for sm_90 and its cubin read with ``cuobjdump``. Call
+    it in a process without ``TRITON_INTERPRET=1``: the interpreter's patches of
+    ``triton.language`` break the compiler.
+    """
+    import tempfile  # noqa: PLC0415
+
+    import triton  # noqa: PLC0415
+    from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+    from triton.compiler import ASTSource  # noqa: PLC0415
+
+    from brainkern.kernels import mmd as kmod  # noqa: PLC0415
+
+    spies = {name: _LaunchSpy(getattr(kmod, name), run=False) for name in _TRITON_KERNELS}
+    for name, spy in spies.items():
+        setattr(kmod, name, spy)
+    try:
+        _meta_launches(kmod, SPILL_SHAPES, [dtype])
+    finally:
+        for name, spy in spies.items():
+            setattr(kmod, name, spy.kernel)
+    configs = {}
+    for name, spy in spies.items():
+        for _, args, options in spy.launches:
+            constexprs = dict(options)
+            warps = constexprs.pop("num_warps", 4)
+            sig = {k: _PTR[v.dtype] if isinstance(v, torch.Tensor) else "i32" for k, v in args.items()}
+            configs[(name, tuple(sig.items()), tuple(sorted(constexprs.items())), warps)] = spy.kernel
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        for (name, sig, constexprs, warps), kernel in configs.items():
+            signature = {**dict(sig), **dict.fromkeys(dict(constexprs), "constexpr")}
+            src = ASTSource(fn=kernel, signature=signature, constexprs=dict(constexprs))
+            compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+            cubin.write_bytes(compiled.asm["cubin"])
+            out = subprocess.run([str(cuobjdump), "-res-usage", str(cubin)], capture_output=True, text=True)
+            usage = {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", out.stdout)}
+            rows.append({"kernel": name, "constexprs": dict(constexprs), "num_warps": warps, **usage})
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_triton_kernels_do_not_spill_on_sm90(dtype):
+    # Nothing runs on a GPU here, so a register spill would first show on one.
+    # float16 and bfloat16 inputs are loaded and summed as float32.
+    triton = pytest.importorskip("triton")
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
+        pytest.skip("Triton's NVIDIA tools (ptxas, cuobjdump) are not installed")
+    script = (
+        "import json, sys, torch\n"
+        "from tests.ops.test_mmd import sm90_resource_usage\n"
+        "print(json.dumps(sm90_resource_usage(getattr(torch, sys.argv[1]))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", script, dtype], cwd=root, env=env, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    rows = json.loads(out.stdout.splitlines()[-1])
+    assert {r["kernel"] for r in rows} == set(_TRITON_KERNELS)
+    spills = [r for r in rows if r["STACK"] or r["LOCAL"] or r["REG"] > 255]
+    assert not spills, spills
