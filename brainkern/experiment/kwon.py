@@ -1,9 +1,10 @@
 """Kwon et al. (2019)'s Table 1 for a training run: experiment ``kwon2019-table1``.
 
-:func:`evaluate_model` compares a trained generator with the real training
-volumes and with two baselines it must beat: the same architecture untrained
-(its initial weights) and Gaussian noise volumes matched to the real volumes'
-mean and standard deviation. :func:`evaluate_run` does that for a run directory
+:func:`evaluate_model` compares a trained generator with real volumes (the
+held-out part of the run's split when it has one, else its training volumes:
+:func:`evaluation_indices`) and with two baselines it must beat: the same
+architecture untrained (its initial weights) and Gaussian noise volumes matched to
+the real volumes' mean and standard deviation. :func:`evaluate_run` does that for a run directory
 and writes ``evaluation.json`` and ``report.md`` into it (what
 ``python -m brainkern.experiment kwon2019-table1 RUN_DIR`` runs).
 :class:`RunReport` plugs into the training engine: tri-planar mosaics (real next
@@ -25,7 +26,14 @@ import numpy as np
 import torch
 
 from brainkern.evaluate.generation import format_table, generation_table, matched_noise
-from brainkern.train.data import load_dataset, real_volumes, training_indices
+from brainkern.train.data import (
+    data_source,
+    load_dataset,
+    make_split,
+    read_records,
+    real_volumes,
+    training_indices,
+)
 from brainkern.train.engine import Callback, Trainer, build_run_model, load_run
 
 
@@ -114,8 +122,11 @@ def evaluate_run(
     ):
         if value is not None:
             cfg["evaluate"][key] = int(value)
-    dataset = load_dataset(cfg["data"], progress=progress)
-    indices = training_indices(dataset, cfg["data"]["classes"])
+    # The data as the run's Trainer saw it: the same split (preprocessing fitted on
+    # its training part) and the same real volumes to compare with.
+    split = make_split(read_records(data_source(cfg["data"], progress=progress)), cfg["data"])
+    dataset = load_dataset(cfg["data"], progress=progress, split=split)
+    indices, what = evaluation_indices(dataset, cfg["data"]["classes"], split)
     real = real_volumes(dataset, indices)
     device = next(model.parameters()).device  # where load_run put it ("auto" resolved)
     rows = evaluate_model(model, real, cfg, device=device, progress=progress)
@@ -126,9 +137,28 @@ def evaluate_run(
         checkpoint=checkpoint,
         train_seconds=float(ckpt.get("elapsed", 0.0)),
         grid=dataset.shape,
+        real=what,
         n_real=len(indices),
     )
     return rows, write_report(run_dir, rows, info)
+
+
+def evaluation_indices(dataset, classes: list[str] | None, split: dict[str, Any] | None) -> tuple[Any, str]:
+    """The real volumes a run's samples are compared with, and a line saying which.
+
+    The rule of :meth:`brainkern.train.engine.Trainer.evaluation_indices`, for a
+    run evaluated after the fact: the split's held-out part (``test``, else
+    ``val``) of ``classes``, else the training volumes.
+    """
+    for part in ("test", "val"):
+        held_out = (split or {}).get("parts", {}).get(part)
+        if held_out:
+            # training_indices applies data.classes to whichever part it is given.
+            idx = training_indices(dataset, classes, {"parts": {"train": held_out}})
+            if len(idx):
+                return idx, f"held-out {part} volumes ({len(idx)}, subjects not trained on)"
+    idx = training_indices(dataset, classes, split)
+    return idx, f"training volumes ({len(idx)}; the run has no held-out part)"
 
 
 def report_info(
@@ -139,6 +169,7 @@ def report_info(
     checkpoint: str,
     train_seconds: float,
     grid,
+    real: str,
     n_real: int,
 ) -> dict[str, Any]:
     """What the report says about the run besides the table (``evaluation.json``'s other keys)."""
@@ -149,6 +180,7 @@ def report_info(
         "checkpoint": checkpoint,
         "train_seconds": round(float(train_seconds), 1),
         "grid": [int(s) for s in grid],
+        "real": real,
         "n_real": int(n_real),
         "n_generated": int(cfg["evaluate"]["n_generated"]),
     }
@@ -161,7 +193,16 @@ def write_report(run_dir: str | os.PathLike, rows: list[dict[str, Any]], info: d
         json.dumps({**info, "rows": rows}, indent=2, default=float) + "\n"
     )
     lines = [f"# brainkern run: {info.get('model', '')}", ""]
-    for key in ("preset", "iterations", "checkpoint", "train_seconds", "grid", "n_real", "n_generated"):
+    for key in (
+        "preset",
+        "iterations",
+        "checkpoint",
+        "train_seconds",
+        "grid",
+        "real",
+        "n_real",
+        "n_generated",
+    ):
         if key in info:
             lines.append(f"- {key.replace('_', ' ')}: {info[key]}")
     lines += [
@@ -219,8 +260,9 @@ class RunReport(Callback):
     def on_end(self, trainer: Trainer) -> None:
         if not self.evaluate:
             return
-        trainer.log("evaluating (Kwon et al. Table 1) ...")
-        real = real_volumes(trainer.dataset, trainer.indices)
+        indices, what = trainer.evaluation_indices()
+        trainer.log(f"evaluating (Kwon et al. Table 1) against {what} ...")
+        real = real_volumes(trainer.dataset, indices)
         rows = evaluate_model(trainer.model, real, trainer.cfg, device=trainer.device, progress=self.progress)
         info = report_info(
             trainer.model,
@@ -229,7 +271,8 @@ class RunReport(Callback):
             checkpoint="last",
             train_seconds=trainer.elapsed,
             grid=trainer.dataset.shape,
-            n_real=len(trainer.indices),
+            real=what,
+            n_real=len(indices),
         )
         path = write_report(trainer.run_dir, rows, info)
         trainer.log(format_table(rows))

@@ -25,11 +25,12 @@ ROWS = ["trained", "untrained", "noise (matched)", "real"]
 SMALL_EVALUATION = ["--quiet", "--n-generated", "8", "--mmd-tests", "2", "--pairs", "4"]
 
 
-def tiny() -> dict:
+def tiny(**data) -> dict:
     """Two iterations of a 16^3 alpha-WGAN-GP, with a small evaluation (seconds)."""
     return config.resolve(
         "quick",
         [
+            {"data": data},
             {
                 "model": {"latent_dim": 8, "width": 4, "code_hidden": 16},
                 "data": {"n_per_class": 3, "shape": [16, 16, 16], "cohort_shape": [16, 16, 16]},
@@ -42,7 +43,7 @@ def tiny() -> dict:
                     "n_pictures": 2,
                 },
                 "evaluate": {"n_generated": 8, "mmd_tests": 2, "mmd_batch": 2, "ms_ssim_pairs": 4},
-            }
+            },
         ],
     )
 
@@ -75,6 +76,7 @@ def test_the_run_report_draws_pictures_and_evaluates_at_the_end(run):
     assert [r["model"] for r in evaluation["rows"]] == ROWS
     assert evaluation["iterations"] == 2 and evaluation["checkpoint"] == "last"
     assert evaluation["grid"] == [16, 16, 16] and evaluation["n_real"] == 6 and evaluation["n_generated"] == 8
+    assert evaluation["real"] == "training volumes (6; the run has no held-out part)"
     report = (run / "report.md").read_text()
     assert "Kwon et al. (2019) Table 1" in report and "![samples_0000002]" in report
     assert "| noise (matched) |" in report
@@ -93,6 +95,23 @@ def test_command_line_shortcut_and_end_of_run_give_one_table(run, capsys):
     assert by_name == by_shortcut
     assert by_name.splitlines()[0] == "| model | MMD^2 | MMD^2/voxel | MS-SSIM | voxel SD |"
     assert by_name.rstrip().endswith(f"written: {run / 'report.md'} and {run / 'evaluation.json'}")
+
+
+def test_a_run_with_a_held_out_fold_is_compared_with_it(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    trainer = Trainer(
+        tiny(folds=2, fold=1), run_dir, progress=False, log=None, callbacks=[RunReport(progress=False)]
+    )
+    trainer.fit()
+    held_out = json.loads((run_dir / "split.json").read_text())["parts"]["test"]
+    at_end = _evaluation(run_dir)
+    assert at_end["n_real"] == len(held_out) and at_end["real"].startswith("held-out test volumes")
+    assert len(trainer.indices) + len(held_out) == 6
+    # After the fact the experiment rebuilds the same split and compares with the same volumes.
+    assert experiment_main(["kwon2019-table1", str(run_dir), *SMALL_EVALUATION]) == 0
+    capsys.readouterr()
+    again = _evaluation(run_dir)
+    assert again["rows"] == at_end["rows"] and again["real"] == at_end["real"]
 
 
 def test_overrides_and_checkpoint_choice_reach_the_report(run):
