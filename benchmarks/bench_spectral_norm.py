@@ -10,7 +10,8 @@ What one step times, for the whole network (the spectral-norm part of a
 discriminator training forward; the convolutions themselves are not included):
 
 - ``brainkern``: :func:`brainkern.nn.spectral_norm_update` (one grouped power
-  iteration; one kernel launch on the GPU) then each layer's ``W / sigma``;
+  iteration; three kernel launches per group of up to 24 layers on the GPU, with a
+  fixed-order reduction) then each layer's ``W / sigma``;
 - ``torch-parametrization``: each layer's ``module.weight`` under
   :func:`torch.nn.utils.parametrizations.spectral_norm` in training mode (one
   power iteration and ``W / sigma`` per layer, layer by layer).
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from benchmarks._util import bench_device, peak_memory, record, timed
+from benchmarks._util import assert_matches, bench_device, peak_memory, record, timed
 from brainkern.nn import SNConv3d, SNLinear, spectral_norm_update
 
 GROUP = "spectral_norm_step"
@@ -67,14 +68,33 @@ def setup(smoke: bool, device: torch.device):
     def torch_weights():
         return [m.weight for m in theirs]
 
-    return {"brainkern": brainkern_weights, "torch-parametrization": torch_weights}, grads
+    fns = {"brainkern": brainkern_weights, "torch-parametrization": torch_weights}
+    originals = {
+        "brainkern": [m.weight for m in ours],
+        "torch-parametrization": [m.parametrizations.weight.original for m in theirs],
+    }
+    return fns, grads, originals
+
+
+def _weights_and_grads(provider: str, device: torch.device) -> list[torch.Tensor]:
+    """The normalised weights and the gradients of sum(W_sn * grad) into the raw weights."""
+    fns, grads, originals = setup(True, device)
+    ws = fns[provider]()
+    loss = sum((w * g).sum() for w, g in zip(ws, grads, strict=True))
+    return [*ws, *torch.autograd.grad(loss, originals[provider])]
 
 
 @pytest.mark.parametrize("mode", ["forward", "full"])
 @pytest.mark.parametrize("provider", ["brainkern", "torch-parametrization"])
 def test_spectral_norm_discriminator(benchmark, smoke, provider, mode):
     device = bench_device()
-    fns, grads = setup(smoke, device)
+    if smoke and provider == "brainkern":
+        assert_matches(
+            _weights_and_grads(provider, device),
+            _weights_and_grads("torch-parametrization", device),
+            what="spectral norm: normalised weights and their gradients",
+        )
+    fns, grads, _ = setup(smoke, device)
     weights_fn = fns[provider]
 
     if mode == "forward":
@@ -108,7 +128,7 @@ def test_spectral_norm_discriminator(benchmark, smoke, provider, mode):
 def test_same_normalised_weights(smoke):
     """Both providers produce the same weights from the same state (sanity for the timings)."""
     device = bench_device()
-    fns, _ = setup(True, device)
+    fns, _, _ = setup(True, device)
     with torch.no_grad():
         for a, b in zip(fns["brainkern"](), fns["torch-parametrization"](), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

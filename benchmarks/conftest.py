@@ -1,7 +1,8 @@
 """Benchmark session: smoke mode in CI, and a ratio table per group at the end.
 
-``./dev test`` runs each benchmark once at small sizes (``--benchmark-disable``,
-set in pyproject.toml), so none of them rots. ``./dev bench`` times them at full
+``./dev test`` (and any plain pytest run, see the repository's ``conftest.py``) runs
+each benchmark once at small sizes (smoke mode), checking every provider against the
+reference before timing, so none of them rots. ``./dev bench`` times them at full
 size; the summary lists, per group, each provider's median time, its ratio to
 brainkern's (baseline time / brainkern time: above 1 means brainkern is faster)
 and the memory figures the benchmark recorded.

@@ -200,19 +200,3 @@ def guard_ops_in(monkeypatch, holders) -> list[str]:
                 monkeypatch.setattr(holder, name, _guarded(value, mode))
                 replaced.append(name)
     return replaced
-
-
-# ------------------------------------------------------------ pytest-benchmark defaults
-
-
-def pytest_configure(config):
-    # The test run (CI) executes each benchmark once at small sizes (smoke mode)
-    # unless --benchmark-enable, --benchmark-disable or --benchmark-only says
-    # otherwise. Set here,
-    # not in pyproject's addopts, so that pytest still starts where the
-    # pytest-benchmark plugin is not installed (a bare GPU image).
-    if not config.pluginmanager.hasplugin("benchmark"):
-        return
-    given = ("benchmark_enable", "benchmark_disable", "benchmark_only")
-    if not any(config.getoption(name) for name in given):
-        config.option.benchmark_disable = True

@@ -181,8 +181,24 @@ def test_benchmarks_default_to_smoke_mode_in_a_test_run(request):
     if not request.config.pluginmanager.hasplugin("benchmark"):
         pytest.skip("pytest-benchmark is not installed")
     opt = request.config.getoption
-    # Either the command line chose a mode, or conftest chose smoke mode.
+    # Either the command line chose a mode, or the repository's conftest chose smoke mode.
     assert opt("benchmark_disable") or opt("benchmark_enable") or opt("benchmark_only")
+
+
+def test_a_benchmark_file_run_alone_is_in_smoke_mode():
+    """``pytest benchmarks/<file>`` without options runs once at small sizes, as CI does
+    (no timing table: benchmarks are disabled, each provider checked once)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_spectral_norm.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "passed" in out.stdout and "ratios measured side by side" not in out.stdout
 
 
 def test_tests_run_with_one_thread():
