@@ -25,8 +25,9 @@ import math
 import pytest
 import torch
 
-from benchmarks._util import bench_device, peak_memory, record, sync, timed
+from benchmarks._util import assert_matches, bench_device, peak_memory, record, sync, timed
 from brainkern.ops import mmd2_batched
+from brainkern.ops.mmd import mmd2_batched_reference
 
 CASES = {
     "t20-b8-32^3": (20, 8, 32),
@@ -124,6 +125,21 @@ def _provider_fn(provider: str, kernel: str, x, y, mode: str):
     return full
 
 
+def _result(provider: str, kernel: str, case, device: torch.device, mode: str) -> list[torch.Tensor]:
+    """Per-test MMD^2 values, plus the input gradients of their mean in "full" mode."""
+    x, y = _setup(case, device, mode)
+    if provider == "reference":
+        value = mmd2_batched_reference(x, y, kernel, "biased")
+    else:
+        value = {
+            "brainkern": lambda: mmd2_batched(x, y, kernel, "biased"),
+            "three-mm": lambda: _three_mm(x, y, kernel),
+        }.get(provider, lambda: _broadcast_rbf(x, y))()
+    if mode != "full":
+        return [value]
+    return [value, *torch.autograd.grad(value.mean(), (x, y))]
+
+
 def _copy_bandwidth(device: torch.device, nbytes: int) -> float:
     """Measured device copy bandwidth in bytes/s (read + write)."""
     n = max(nbytes // 4, 1 << 20)
@@ -171,13 +187,14 @@ def test_mmd2_batched(benchmark, smoke, case, provider, kernel, mode):
     except (torch.OutOfMemoryError, MemoryError) as exc:
         record(benchmark, group=group, provider=provider, device=device, oom=type(exc).__name__)
         pytest.skip(f"{provider} {case}: out of memory ({type(exc).__name__})")
-    if smoke and provider != "broadcast-rbf":
-        # A benchmark that cannot fail is no check: the baselines agree with brainkern.
-        want = mmd2_batched(x.detach(), y.detach(), kernel, "biased")
-        got = (_three_mm if provider == "three-mm" else lambda a, b, k: mmd2_batched(a, b, k))(
-            x.detach(), y.detach(), kernel
+    if smoke:
+        # A benchmark that cannot fail is no check: every provider's values (and, timed
+        # with backward, its input gradients) against the plain-PyTorch reference.
+        assert_matches(
+            _result(provider, kernel, dims, device, mode),
+            _result("reference", kernel, dims, device, mode),
+            what=f"mmd2 {kernel} {mode}, {provider}",
         )
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     record(
         benchmark,
         group=group,
