@@ -871,6 +871,14 @@ def _path_order(paths: list[str]) -> list[int]:
     return sorted(order.index(p) if p in order else len(order) for p in paths)
 
 
+def _constexpr_order(variant: dict) -> list[tuple]:
+    # Numbers in numeric order (C_IN=64 before C_IN=128), the rest as text.
+    return [
+        (k, (0, int(v), "") if v.lstrip("-").isdigit() else (1, 0, v))
+        for k, v in sorted(variant["constexprs"].items())
+    ]
+
+
 def triton_tables(variants: list[dict]) -> str:
     """One Markdown table per kernel module: a row per compiled variant."""
     out = []
@@ -882,7 +890,7 @@ def triton_tables(variants: list[dict]) -> str:
         for kernel in sorted({v["kernel"] for v in items}):
             mine = [v for v in items if v["kernel"] == kernel]
             shown = _varying(mine)
-            for v in sorted(mine, key=lambda v: (_path_order(v["paths"]), sorted(v["constexprs"].items()))):
+            for v in sorted(mine, key=lambda v: (_path_order(v["paths"]), _constexpr_order(v))):
                 r = v["result"]
                 variant = " ".join(f"{k}={val}" for k, val in sorted(v["constexprs"].items()) if k in shown)
                 variant += f" w{v['num_warps']}/s{v['num_stages']}"
