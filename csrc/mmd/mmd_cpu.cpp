@@ -25,8 +25,10 @@ struct Split {
 };
 
 // Enough items to keep every thread busy when there are few tests.
+// Zero tests or zero features still give a valid split (no division by zero).
 Split split_features(int64_t tests, int64_t dim) {
-  const int64_t blocks = (dim + kBlock - 1) / kBlock;
+  tests = std::max<int64_t>(tests, 1);
+  const int64_t blocks = std::max<int64_t>((dim + kBlock - 1) / kBlock, 1);
   const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + tests - 1) / tests);
   const int64_t per = (blocks + std::min(want, blocks) - 1) / std::min(want, blocks);
   return {(blocks + per - 1) / per, per * kBlock};

@@ -569,3 +569,16 @@ def test_triton_kernels_do_not_spill_on_sm90(dtype):
     assert {r["kernel"] for r in rows} == set(_TRITON_KERNELS)
     spills = [r for r in rows if r["STACK"] or r["LOCAL"] or r["REG"] > 255]
     assert not spills, spills
+
+
+def test_cpu_op_takes_zero_tests_and_refuses_zero_features():
+    """The C++ ops called directly (not through the dispatch) with empty inputs do not crash."""
+    from brainkern import _ext
+
+    if _ext.extension_status() is not True:
+        pytest.skip("the C++ extension is not built")
+    stats, gram = _ext.op("mmd_linear_stats"), _ext.op("mmd_gram")
+    assert stats(torch.randn(0, 4, 10), torch.randn(0, 4, 10)).shape[0] == 0
+    with pytest.raises(RuntimeError, match="expected non-empty samples"):
+        stats(torch.randn(2, 4, 0), torch.randn(2, 4, 0))
+    assert gram(torch.randn(0, 4, 10), torch.randn(0, 4, 10)).shape[0] == 0
