@@ -1,7 +1,10 @@
 """Resize-convolution upsampling layer (nearest x2 upsample + 3x3x3 conv), fused.
 
 Kwon et al. (seed 001) build their 64^3 generator from such blocks; the layer runs
-:func:`brainkern.ops.resize_conv3d`, which never forms the upsampled tensor.
+:func:`brainkern.ops.resize_conv3d`, which never forms the upsampled tensor and chooses
+its implementation per call (on a GPU per shape and dtype among Triton, the extension's
+CUDA kernel and cuDNN; see :mod:`brainkern.ops.resize_conv3d` for the table and the
+``use_resize_conv_impl`` / ``BRAINKERN_RESIZE_CONV_IMPL`` override).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Kwon et al. (seed 001, "Generation of 3D brain MRI using auto-encoding generative
 adversarial networks") build their 64^3 generator from blocks of nearest-neighbour
 x2 upsampling followed by a 3x3x3 convolution (a "resize convolution", which avoids
-the checkerboard artefacts of strided transposed convolutions). Done literally, the
-upsampled tensor is 8x the input and the convolution runs 27 taps per output voxel.
+the checkerboard artefacts of strided transposed convolutions): 512 -> 256 -> 128 ->
+64 -> 1 channels from 4^3 to 64^3, batch 4. Done literally, the upsampled tensor is 8x
+the input and the convolution runs 27 taps per output voxel.
 
 Along one axis, output ``2d + a`` (phase ``a`` in {0, 1}) of the 3-tap convolution of
 the upsampled signal reads only two low-resolution samples:
@@ -16,7 +17,7 @@ so the 27 taps fold into 8 phase filters of 2x2x2 that run on the low-resolution
 input (27/8 fewer multiply-adds, and no 8x upsampled activation to store or save for
 backward). :func:`fold_resize_conv_weight` computes them. Equivalently the op is
 ``conv_transpose3d(x, K, stride=2, padding=1)`` with a folded 4x4x4 kernel ``K``
-(:func:`fold_resize_conv_weight_transposed`).
+(:func:`fold_resize_conv_weight_transposed`; per axis ``K = [w2, w1 + w2, w0 + w1, w0]``).
 
 Backends (see :mod:`brainkern.ops._backend`):
 
@@ -35,26 +36,81 @@ Backends (see :mod:`brainkern.ops._backend`):
   of output channels) with the reduction over ``8 * C_in`` taps in ``tl.dot`` and the
   bias and activation in the epilogue, writing the interleaved output directly; the
   input gradient is a second implicit GEMM over the 64 taps of the folded 4x4x4
-  kernel; the weight gradient uses ATen.
-- ``cuda``: a shared-memory tiled direct phase convolution with the fused epilogue, a
-  matching input-gradient kernel, the weight gradient through ATen (cuDNN).
+  kernel; the weight gradient uses ATen (cuDNN on a GPU). For tensor-core dtypes
+  (bfloat16, float16, TF32) x is copied channels-last once (the copy is what autograd
+  keeps) and the backward writes the activation's derivative channels-last, so that
+  tiles load as 16-byte vectors (:mod:`brainkern.kernels.resize_conv3d`).
+- ``cuda``: the extension's kernels (``torch.ops.brainkern.resize_conv3d_fwd/bwd``)
+  with the fused epilogue and input gradient, the weight gradient through ATen (cuDNN).
+  Inputs past the kernels' 32-bit offsets (more than 2^31 - 1 elements in x or y) run
+  the ``cudnn`` path below instead.
 
-``auto`` picks ``cpu`` then ``reference`` on the CPU, for every shape: for a forward and
-backward on a 2-core x86 CPU the cpu backend was 3.0x faster than the reference at
+On a GPU there are three implementations, ``triton``, ``cuda`` (the extension kernel)
+and ``cudnn``: ATen's ``conv_transpose3d(x, K, bias, stride=2, padding=1)`` (cuDNN) with
+the activation applied in place on its output (and the 1-byte mask for relu /
+leaky_relu), backward through ATen's ``convolution_backward`` (cuDNN). ``cudnn`` needs
+nothing but a CUDA build of torch, so it also serves when the extension is not built.
+
+Automatic choice. On the CPU: ``cpu`` then ``reference``, for every shape (for a forward
+and backward on a 2-core x86 CPU the cpu backend was 3.0x faster than the reference at
 N=2, 64 -> 32 channels, 16^3 and at N=4, 256 -> 128, 8^3, and 1.4x at N=4, 512 -> 256,
-4^3 (where the weights, not the activations, dominate). On a GPU it picks ``cuda``,
-``triton``, ``reference`` in that order: that order is not measured yet (no GPU was at
-hand when this was written), and cuDNN's transposed convolution may well beat both
-kernels; ``benchmarks/bench_resize_conv3d.py`` is the place to settle it.
+4^3). On a GPU, :func:`resize_conv3d_impl_order` ranks the three implementations per
+shape and dtype and the first that can run the input is used:
+
+===================================  ===================  =======================================
+input on CUDA                        order                why
+===================================  ===================  =======================================
+bfloat16 / float16, C_out >= 16      triton, cudnn, cuda  tensor cores, fused epilogue (1)
+float32, TF32 allowed, C_out >= 16   triton, cudnn, cuda  TF32 tensor cores, fused epilogue (1)
+float32, TF32 off                    cudnn, triton, cuda  CUDA cores on every path (2)
+C_out < 16 (Kwon's last, 64 -> 1)    cuda, cudnn, triton  tl.dot tiles would be padding (3)
+float64 (checks, not training)       cuda, triton, cudnn  no tensor cores; fused epilogue kept
+one sample > 2^31 - 1 elements       cudnn                32-bit offsets elsewhere (4)
+===================================  ===================  =======================================
+
+"TF32 allowed" is ``torch.backends.cudnn.allow_tf32`` (torch's default), the switch
+``conv3d`` obeys. (1) ``tl.dot`` on bfloat16 / float16 / TF32 operands with float32
+accumulation, and bias + activation applied to the accumulator: the output is written
+once, where the cudnn path writes it, adds the bias and applies the activation in three
+passes over the largest tensor. (2) IEEE float32 products run on CUDA cores everywhere,
+and cuDNN chooses among tuned algorithms per shape (searching them under
+``cudnn.benchmark``). (3) A ``tl.dot`` tile (and a tensor-core fragment) has at least 16
+output columns, so at C_out = 1 fifteen sixteenths of it is padding; the extension has a
+direct kernel for such thin outputs (one thread per low-resolution voxel computing every
+phase of a few channels, epilogue fused); without it cuDNN, whose extra epilogue passes
+cost least where y has one channel. (4) Triton splits
+larger batches between samples, so only a single sample past the limit leaves it; the
+extension kernel declines any x or y past 2^31 - 1 elements.
+
+The order is a prior from how the paths work, not a measurement: no GPU was at hand
+when it was written. ``benchmarks/bench_resize_conv3d.py`` times the three side by side
+(providers ``triton``, ``cuda``, ``cudnn``) at Kwon et al.'s layer shapes in bfloat16 and
+float32, forward and forward + backward; change :func:`resize_conv3d_impl_order` to
+what it measures. Where the preferred implementation is missing (the extension not
+built, Triton not installed) the next one runs; ``cudnn`` runs every non-empty input, so
+no size goes to the reference on a GPU.
+
+Overrides. ``use_backend(...)`` / ``BRAINKERN_BACKEND`` force a backend as for every op
+(``cuda`` there means the extension kernel, with ``cudnn`` for inputs past its 32-bit
+offsets). When the backend is chosen automatically, ``with use_resize_conv_impl("cudnn"):``
+or ``BRAINKERN_RESIZE_CONV_IMPL=triton|cuda|cudnn`` (the context manager wins) replaces the
+table above by one implementation, on any device it can run on (``cudnn`` and ``triton``
+also run on the CPU: oneDNN, and Triton's interpreter under ``TRITON_INTERPRET=1``); if
+it cannot run the input, :class:`~brainkern.ops.BackendError` says why.
 
 Memory: autograd keeps ``x`` and the folded weights, plus, for the activation's
 derivative, a 1-byte mask ``y > 0`` (relu, leaky_relu) or the output ``y`` (tanh);
 the reference keeps the 8x upsampled input and the pre-activation output.
 
-Half precision (float16, bfloat16): the folded weights stay float32 (each is a sum of
-up to 8 weights; rounding them to half would add error eager PyTorch does not make);
-products and sums run in float32 and the output is rounded once. The cpu backend
-runs the whole op in float32 for half inputs.
+Half precision (float16, bfloat16): the weights are folded in float32 (each folded
+weight is a sum of up to 8 weights). ``triton`` and ``cudnn`` round the folded weights
+once to the input's dtype, the operand type of tensor cores, and accumulate in float32;
+``cuda`` reads them in float32; the ``cpu`` backend runs the whole op in float32. The
+output is rounded once.
+
+No host synchronisation: the folding is slicing and adding on the weights' device (no
+tensor is built from host data), and neither direction reads a device value on the host
+(no ``.item()``, no data-dependent shapes), so a GPU step only queues work.
 
 Gradients: every backend differentiates with respect to ``x``, ``weight`` and
 ``bias``. The first-order backward uses the backend's fast path; when the backward is
@@ -67,27 +123,44 @@ derivatives are piecewise constant, so the saved mask serves the double backward
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
+import os
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
 from brainkern import _ext
-from brainkern.ops._backend import OpDispatch
+from brainkern.ops._backend import BackendError, OpDispatch, forced_backend
 
 __all__ = [
     "ACTIVATIONS",
+    "IMPLS",
+    "IMPL_ENV_VAR",
     "fold_resize_conv_weight",
     "fold_resize_conv_weight_transposed",
     "resize_conv3d",
+    "resize_conv3d_impl_order",
     "resize_conv3d_reference",
+    "use_resize_conv_impl",
 ]
 
 ACTIVATIONS: tuple[str | None, ...] = (None, "relu", "leaky_relu", "tanh")
 _ACT_CODE = {None: 0, "relu": 1, "leaky_relu": 2, "tanh": 3}
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_HALF = (torch.float16, torch.bfloat16)
 
-# Per axis, phase a and tap t read low-res sample d + a - 1 + t with weight sum_k P[a, t, k] w[k].
-_PHASE_FOLD = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
-# Per axis, the 4 taps of conv_transpose(k=4, s=2, p=1): K = [w2, w1 + w2, w0 + w1, w0].
-_TRANSPOSED_FOLD = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+# The implementations automatic dispatch chooses among on a GPU (see the module docstring).
+IMPLS: tuple[str, ...] = ("triton", "cuda", "cudnn")
+IMPL_ENV_VAR = "BRAINKERN_RESIZE_CONV_IMPL"
+_forced_impl: contextvars.ContextVar[str | None] = contextvars.ContextVar("resize_conv_impl", default=None)
+
+# Fewer output channels than the narrowest tl.dot tile (16 columns).
+_THIN_C_OUT = 16
+# The extension's kernels and Triton's offsets are 32-bit.
+_INT32 = 2**31 - 1
 
 
 def _apply_activation(y: torch.Tensor, activation: str | None, negative_slope: float) -> torch.Tensor:
@@ -123,6 +196,18 @@ def _check_weight(weight: torch.Tensor) -> None:
         )
 
 
+def _fold_taps(w: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Per axis in ``dims``, the 3 taps ``[w0, w1, w2]`` -> the 4 taps ``[w2, w1 + w2, w0 + w1, w0]``.
+
+    Slices and sums on ``w``'s device (no tensor from host data, so nothing waits for a
+    copy); differentiable. The result is contiguous in ``w``'s logical order.
+    """
+    for dim in dims:
+        w0, w1, w2 = (w.narrow(dim, k, 1) for k in range(3))
+        w = torch.cat((w2, w1 + w2, w0 + w1, w0), dim)
+    return w
+
+
 def fold_resize_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     """Fold a 3x3x3 kernel into the 8 phase filters of 2x2x2 on the low-resolution input.
 
@@ -130,9 +215,9 @@ def fold_resize_conv_weight(weight: torch.Tensor) -> torch.Tensor:
         weight: ``(C_out, C_in, 3, 3, 3)``.
 
     Returns:
-        ``(2, 2, 2, C_out, C_in, 2, 2, 2)``: ``[a, b, c, o, i, t, u, v]`` is the weight
-        with which output phase ``(a, b, c)`` (output voxel ``(2d+a, 2h+b, 2w+c)``) reads
-        input voxel ``(d+a-1+t, h+b-1+u, w+c-1+v)``. Viewed as
+        ``(2, 2, 2, C_out, C_in, 2, 2, 2)``, contiguous: ``[a, b, c, o, i, t, u, v]`` is
+        the weight with which output phase ``(a, b, c)`` (output voxel ``(2d+a, 2h+b,
+        2w+c)``) reads input voxel ``(d+a-1+t, h+b-1+u, w+c-1+v)``. Viewed as
         ``(8 * C_out, C_in, 2, 2, 2)`` it is the weight of ``conv3d(x, ., padding=1)``
         whose output channel ``p * C_out + o`` at ``(d+a, h+b, w+c)`` is phase ``p``'s value.
         Differentiable (a fixed linear map of ``weight``).
@@ -140,9 +225,7 @@ def fold_resize_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: ``weight`` is not ``(C_out, C_in, 3, 3, 3)``.
     """
-    _check_weight(weight)
-    p = torch.tensor(_PHASE_FOLD, dtype=weight.dtype, device=weight.device)
-    return torch.einsum("atk,bul,cvm,oiklm->abcoituv", p, p, p, weight)
+    return _transposed_to_phase(fold_resize_conv_weight_transposed(weight)).contiguous()
 
 
 def fold_resize_conv_weight_transposed(weight: torch.Tensor) -> torch.Tensor:
@@ -155,14 +238,23 @@ def fold_resize_conv_weight_transposed(weight: torch.Tensor) -> torch.Tensor:
         weight: ``(C_out, C_in, 3, 3, 3)``.
 
     Returns:
-        ``(C_in, C_out, 4, 4, 4)`` (the layout ``conv_transpose3d`` expects).
+        ``(C_in, C_out, 4, 4, 4)``, contiguous (the layout ``conv_transpose3d`` expects).
+        Differentiable.
 
     Raises:
         ValueError: ``weight`` is not ``(C_out, C_in, 3, 3, 3)``.
     """
     _check_weight(weight)
-    g = torch.tensor(_TRANSPOSED_FOLD, dtype=weight.dtype, device=weight.device)
-    return torch.einsum("pk,ql,rm,oiklm->iopqr", g, g, g, weight)
+    return _fold_taps(weight.transpose(0, 1), (2, 3, 4))
+
+
+def _fold_for_triton(weight: torch.Tensor) -> torch.Tensor:
+    """The ``(C_in, C_out, 4, 4, 4)`` kernel stored as contiguous ``(4, 4, 4, C_in, C_out)``.
+
+    One tap is then a row-major ``(C_in, C_out)`` matrix, the GEMM operand the Triton
+    kernels load (see :mod:`brainkern.kernels.resize_conv3d`).
+    """
+    return _fold_taps(weight.permute(2, 3, 4, 1, 0), (0, 1, 2)).permute(3, 4, 0, 1, 2)
 
 
 def _phase_to_transposed(w8: torch.Tensor) -> torch.Tensor:
@@ -214,38 +306,152 @@ def _validate(
         raise TypeError(f"resize_conv3d: x must be floating point, got {x.dtype}")
 
 
-_INT32 = 2**31 - 1
-
-
-def _out_numel(x: torch.Tensor, weight: torch.Tensor) -> int:
-    n, _, d, h, w = x.shape
-    return n * weight.shape[0] * 8 * d * h * w
+def _check_common(x: torch.Tensor) -> str | None:
+    if x.dtype not in _FLOATS:
+        return f"dtype {x.dtype} is not supported (float32, float64, bfloat16, float16)"
+    if x.shape[0] == 0:
+        return "empty batch"
+    return None
 
 
 def _check_cpu(x, weight, bias, activation, negative_slope):
-    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        return f"dtype {x.dtype} is not supported (float32, float64, bfloat16, float16)"
-    if x.shape[0] == 0:
-        return "empty batch"
-    return None
+    return _check_common(x)
 
 
 def _check_triton(x, weight, bias, activation, negative_slope):
-    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        return f"dtype {x.dtype} is not supported (float32, float64, bfloat16, float16)"
-    if x.shape[0] == 0:
-        return "empty batch"
-    if _out_numel(x, weight) > _INT32 or x.numel() > _INT32:
-        return "more than 2^31 - 1 elements (32-bit indexing)"
-    return None
+    why = _check_common(x)
+    if why is None:
+        c_out, c_in = weight.shape[:2]
+        voxels = math.prod(x.shape[2:])
+        per_sample = max(c_in * voxels, 8 * c_out * voxels, 64 * c_in * c_out)
+        if per_sample > _INT32:
+            why = (
+                f"one sample of x or y, or the folded weight, has {per_sample} elements, past the "
+                "kernels' 32-bit offsets (batches are split only between samples)"
+            )
+    return why
 
 
-_check_cuda = _check_triton
+def _check_cuda(x, weight, bias, activation, negative_slope):
+    # Sizes past the extension's 32-bit offsets are not declined: the backend runs them
+    # through cuDNN (see _select).
+    return _check_common(x)
+
 
 _DISPATCH = OpDispatch(
     "resize_conv3d",
     checks={"cpu": _check_cpu, "cuda": _check_cuda, "triton": _check_triton},
 )
+
+
+def _extension_size_reason(x: torch.Tensor, weight: torch.Tensor) -> str | None:
+    largest = max(x.numel(), 8 * weight.shape[0] * x.numel() // x.shape[1])
+    if largest > _INT32:
+        return f"x or y has {largest} elements, more than the extension's 32-bit offsets allow"
+    return None
+
+
+@contextlib.contextmanager
+def use_resize_conv_impl(name: str | None) -> Iterator[None]:
+    """Run :func:`resize_conv3d` inside the block with one implementation, when dispatch is automatic.
+
+    Args:
+        name: ``"triton"``, ``"cuda"`` (the extension kernel) or ``"cudnn"`` (ATen's
+            ``conv_transpose3d`` and ``convolution_backward``); ``None`` or ``"auto"``
+            restores the per-shape choice (also over ``BRAINKERN_RESIZE_CONV_IMPL``).
+            A backend forced with ``use_backend`` / ``BRAINKERN_BACKEND`` takes precedence.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if name not in (None, "auto"):
+        _impl_name(name, "use_resize_conv_impl()")
+    token = _forced_impl.set("auto" if name is None else name)
+    try:
+        yield
+    finally:
+        _forced_impl.reset(token)
+
+
+def _impl_name(name: str, source: str) -> str:
+    if name not in IMPLS:
+        raise ValueError(
+            f"resize_conv3d: unknown implementation {name!r} from {source}; choose one of {IMPLS}"
+        )
+    return name
+
+
+def forced_resize_conv_impl() -> str | None:
+    """The implementation set by :func:`use_resize_conv_impl` or ``BRAINKERN_RESIZE_CONV_IMPL``, if any."""
+    name = _forced_impl.get()
+    if name is None:
+        name = os.environ.get(IMPL_ENV_VAR, "").strip().lower() or "auto"
+        if name != "auto":
+            _impl_name(name, f"${IMPL_ENV_VAR}")
+    return None if name == "auto" else name
+
+
+def resize_conv3d_impl_order(x: torch.Tensor, weight: torch.Tensor) -> tuple[str, ...]:
+    """The implementations automatic dispatch tries for a CUDA input, best first.
+
+    The table in the module docstring, as code: a prior, to be replaced by what
+    ``benchmarks/bench_resize_conv3d.py`` measures on the GPU.
+
+    Args:
+        x: ``(N, C_in, D, H, W)``.
+        weight: ``(C_out, C_in, 3, 3, 3)``.
+    """
+    if x.dtype == torch.float64:
+        return ("cuda", "triton", "cudnn")
+    if weight.shape[0] < _THIN_C_OUT:
+        return ("cuda", "cudnn", "triton")
+    if x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return ("cudnn", "triton", "cuda")
+    return ("triton", "cudnn", "cuda")
+
+
+def _impl_reason(impl: str, x, weight, bias, activation, negative_slope) -> str | None:
+    """Why ``impl`` cannot run this call, or ``None``."""
+    if impl == "cudnn":
+        if x.device.type not in ("cuda", "cpu"):
+            return f"declined: the input is on {x.device}; ATen's convolutions run it on CUDA (or the CPU)"
+        why = _check_common(x)
+        return None if why is None else f"declined: {why}"
+    why = _DISPATCH.reason(impl, x.device, x, weight, bias, activation, negative_slope)
+    if why is None and impl == "cuda":
+        size = _extension_size_reason(x, weight)
+        why = None if size is None else f"declined: {size}"
+    return why
+
+
+def _impl_report(forced: str, args: tuple) -> str:
+    lines = [f"brainkern.ops.resize_conv3d: implementation {forced!r} was forced, but on {args[0].device}:"]
+    lines += [f"  {impl}: {_impl_reason(impl, *args) or 'can run it'}" for impl in IMPLS]
+    lines.append(f"Choose another with use_resize_conv_impl(name) or {IMPL_ENV_VAR}.")
+    return "\n".join(lines)
+
+
+def _select(x, weight, bias, activation, negative_slope) -> str:
+    """``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or ``"cudnn"`` for this call.
+
+    Raises:
+        BackendError: a forced backend or implementation cannot run the input.
+    """
+    args = (x, weight, bias, activation, negative_slope)
+    if forced_backend() is None:
+        forced = forced_resize_conv_impl()
+        if forced is not None or x.device.type == "cuda":
+            order = (forced,) if forced is not None else resize_conv3d_impl_order(x, weight)
+            for impl in order:
+                if _impl_reason(impl, *args) is None:
+                    return impl
+            if forced is not None:
+                raise BackendError(_impl_report(forced, args))
+            # Only an empty batch gets here (cudnn runs every other CUDA input): the backends decide.
+    backend = _DISPATCH.select(x.device, *args)
+    if backend == "cuda" and _extension_size_reason(x, weight) is not None:
+        return "cudnn"  # the cuda backend's path past the extension's 32-bit offsets
+    return backend
 
 
 def _act_grad(grad_y: torch.Tensor, y: torch.Tensor | None, act: int, slope: float) -> torch.Tensor:
@@ -258,15 +464,47 @@ def _act_grad(grad_y: torch.Tensor, y: torch.Tensor | None, act: int, slope: flo
         return grad_y
     if act in (1, 2):
         pos = y if y.dtype == torch.bool else y > 0
-        return torch.where(pos, grad_y, grad_y * slope if act == 2 else torch.zeros_like(grad_y))
+        return torch.where(pos, grad_y, grad_y * slope if act == 2 else 0.0)
     return grad_y * (1 - y * y)
+
+
+def _act_grad_into(
+    grad_y: torch.Tensor, y: torch.Tensor | None, act: int, slope: float, memory_format: torch.memory_format
+) -> torch.Tensor:
+    """:func:`_act_grad` for the fast backward, written into a fresh tensor in ``memory_format``.
+
+    The layout change rides on the pass that applies the derivative (no copy after it);
+    ``y`` is the bool mask for relu / leaky_relu, the output for tanh.
+    """
+    if act == 0:
+        return grad_y.contiguous(memory_format=memory_format)
+    g = torch.empty_like(grad_y, memory_format=memory_format)
+    if act == 3:
+        return torch.ops.aten.tanh_backward.grad_input(grad_y, y, grad_input=g)
+    if act == 1:
+        g.zero_()
+    else:
+        torch.mul(grad_y, slope, out=g)
+    return torch.where(y, grad_y, g, out=g)
+
+
+def _activate_(y: torch.Tensor, act: int, slope: float) -> torch.Tensor:
+    """The activation in place on a fresh output (no second output tensor)."""
+    if act == 1:
+        y.relu_()
+    elif act == 2:
+        F.leaky_relu_(y, slope)
+    elif act == 3:
+        y.tanh_()
+    return y
 
 
 def _conv_grads(g: torch.Tensor, x: torch.Tensor, wf: torch.Tensor, need_x: bool, need_w: bool):
     """Input and folded-weight gradients of the folded convolution (differentiable ATen ops).
 
     ``wf``: the phase filters ``(2,2,2, C_out, C_in, 2,2,2)`` or the transposed kernel
-    ``(C_in, C_out, 4,4,4)``; the weight gradient comes back in the same layout.
+    ``(C_in, C_out, 4,4,4)`` (any strides); the weight gradient comes back in the same
+    shape and dtype.
     """
     phase = wf.dim() == 8
     k4 = (_phase_to_transposed(wf) if phase else wf).to(g.dtype)  # float32 weights of half x: cast
@@ -278,58 +516,70 @@ def _conv_grads(g: torch.Tensor, x: torch.Tensor, wf: torch.Tensor, need_x: bool
     return gx, (_transposed_to_phase(gk) if phase else gk).to(wf.dtype)
 
 
-def _forward(backend: str, x, w8, bias, act: int, slope: float):
+def _forward(impl: str, x, wf, bias, act: int, slope: float):
     """``(y, mask)``: mask = ``y > 0`` (bool) for relu / leaky_relu, else unused."""
-    if backend == "triton":
+    if impl in ("cpu", "cuda"):
+        return _ext.op("resize_conv3d_fwd")(x, wf, bias, act, slope)
+    if impl == "triton":
         from brainkern.kernels.resize_conv3d import resize_conv3d_fwd  # noqa: PLC0415
 
-        y = resize_conv3d_fwd(x, w8, bias, act, slope)
-        return y, (y > 0 if act in (1, 2) else None)
-    return _ext.op("resize_conv3d_fwd")(x, w8, bias, act, slope)
+        y = resize_conv3d_fwd(x, wf, bias, act, slope)
+    else:  # cudnn: oneDNN on the CPU may hand back another memory format
+        y = _activate_(F.conv_transpose3d(x, wf, bias, stride=2, padding=1).contiguous(), act, slope)
+    return y, (y > 0 if act in (1, 2) else None)
 
 
-def _fast_backward(backend: str, grad_y, y, x, w8, act, slope, need_x, need_w, need_b):
-    if backend in ("cpu", "cuda"):
-        gx, gw, gb = _ext.op("resize_conv3d_bwd")(grad_y, y, x, w8, act, slope, need_x, need_w, need_b)
+def _fast_backward(impl: str, grad_y, y, x, wf, act, slope, need_x, need_w, need_b):
+    if impl in ("cpu", "cuda"):
+        gx, gw, gb = _ext.op("resize_conv3d_bwd")(grad_y, y, x, wf, act, slope, need_x, need_w, need_b)
         return (gx if need_x else None), (gw if need_w else None), (gb if need_b else None)
-    from brainkern.kernels.resize_conv3d import resize_conv3d_bwd_input  # noqa: PLC0415
+    gx = gw = None
+    if impl == "triton":
+        from brainkern.kernels.resize_conv3d import operand_memory_format, resize_conv3d_bwd_input  # noqa: PLC0415
 
-    g = _act_grad(grad_y, y, act, slope).contiguous()
-    gx = resize_conv3d_bwd_input(g, w8, x.shape) if need_x else None
-    gw = _conv_grads(g, x, w8, False, True)[1] if need_w else None
+        # The layout the kernel loads fastest, which is x's too (cuDNN's weight gradient then
+        # converts neither).
+        g = _act_grad_into(grad_y, y, act, slope, operand_memory_format(grad_y))
+        gx = resize_conv3d_bwd_input(g, wf, x.shape) if need_x else None
+        if need_w:
+            gw = _conv_grads(g, x, wf, False, True)[1]
+    else:  # cudnn
+        g = _act_grad_into(grad_y, y, act, slope, torch.contiguous_format)
+        if need_x or need_w:
+            gx, gw = _conv_grads(g, x, wf, need_x, need_w)
     gb = g.sum((0, 2, 3, 4)) if need_b else None
     return gx, gw, gb
 
 
 class _ResizeConv3dFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w8, bias, act: int, slope: float, backend: str):
-        # w8: folded weights, phase filters (triton, cuda) or the transposed kernel (cpu).
-        y, mask = _forward(backend, x, w8, bias, act, slope)
+    def forward(ctx, x, wf, bias, act: int, slope: float, impl: str):
+        # wf: folded weights in the layout and dtype impl reads (see _fold_for).
+        y, mask = _forward(impl, x, wf, bias, act, slope)
         # relu / leaky_relu need only the sign of y: keep a 1-byte mask instead of the output
         # (a quarter of float32, an eighth of float64); tanh' = 1 - y^2 needs y itself.
         saved = None if act == 0 else (y if act == 3 else mask)
-        ctx.save_for_backward(x, w8, saved)
-        ctx.act, ctx.slope, ctx.backend, ctx.has_bias = act, slope, backend, bias is not None
+        ctx.save_for_backward(x, wf, saved)
+        ctx.act, ctx.slope, ctx.impl, ctx.has_bias = act, slope, impl, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, w8, y = ctx.saved_tensors
+        x, wf, y = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and ctx.has_bias
         if torch.is_grad_enabled():
             # The backward is being recorded (double backward): differentiable ops only.
             g = _act_grad(grad_y, y, ctx.act, ctx.slope)
-            gx, gw = _conv_grads(g, x, w8, need_x, need_w) if (need_x or need_w) else (None, None)
+            gx, gw = _conv_grads(g, x, wf, need_x, need_w) if (need_x or need_w) else (None, None)
             gb = g.sum((0, 2, 3, 4)) if need_b else None
         else:
             gx, gw, gb = _fast_backward(
-                ctx.backend,
-                grad_y if ctx.backend == "cpu" else grad_y.contiguous(),
+                ctx.impl,
+                grad_y.contiguous() if ctx.impl == "cuda" else grad_y,
                 y,
                 x,
-                w8,
+                wf,
                 ctx.act,
                 ctx.slope,
                 need_x,
@@ -337,6 +587,24 @@ class _ResizeConv3dFn(torch.autograd.Function):
                 need_b,
             )
         return gx, gw, gb, None, None, None
+
+
+def _fold_for(impl: str, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The folded weights in the layout and dtype ``impl`` reads (differentiable in ``weight``).
+
+    Half-precision weights are folded in float32 (sums of up to 8 weights). The cpu
+    backend and the extension take them so; triton and cudnn feed tensor cores, which
+    multiply in the input's dtype, so the sums are rounded once to it.
+    """
+    w = weight.float() if dtype in _HALF else weight
+    if impl == "cpu":
+        # The transposed form, folded straight into its kernel (an 8-D permutation of phase
+        # filters per call cost as much as the convolution's backward at 256 -> 128 channels).
+        return fold_resize_conv_weight_transposed(w)
+    if impl == "cuda":
+        return fold_resize_conv_weight(w)
+    k4 = _fold_for_triton(w) if impl == "triton" else fold_resize_conv_weight_transposed(w)
+    return k4.to(dtype)  # keeps the strides: the Triton layout survives the cast
 
 
 def resize_conv3d(
@@ -349,7 +617,8 @@ def resize_conv3d(
     """Nearest x2 upsampling, 3x3x3 convolution (padding 1), bias and activation, fused.
 
     Equal to :func:`resize_conv3d_reference` (Kwon et al., seed 001, generator
-    blocks) without materialising the upsampled tensor.
+    blocks) without materialising the upsampled tensor. The implementation is chosen
+    per call (module docstring: backends, the GPU table, overrides).
 
     Args:
         x: ``(N, C_in, D, H, W)``.
@@ -364,9 +633,10 @@ def resize_conv3d(
 
     Raises:
         ValueError: bad shapes (kernel not 3x3x3, channel mismatch, bias size, empty
-            sizes), unknown activation, negative slope, devices that differ.
+            sizes), unknown activation, negative slope, devices that differ, an
+            unknown ``BRAINKERN_RESIZE_CONV_IMPL``.
         TypeError: non-floating or mismatched dtypes.
-        BackendError: the forced backend cannot run this input.
+        BackendError: the forced backend or implementation cannot run this input.
     """
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
     if torch.is_autocast_enabled(device_type):
@@ -378,25 +648,20 @@ def resize_conv3d(
         with torch.autocast(device_type, enabled=False):
             return resize_conv3d(x, weight, bias, activation, negative_slope)
     _validate(x, weight, bias, activation, negative_slope)
-    backend = _DISPATCH.select(x.device, x, weight, bias, activation, negative_slope)
-    if backend == "reference":
+    impl = _select(x, weight, bias, activation, negative_slope)
+    if impl == "reference":
         return resize_conv3d_reference(x, weight, bias, activation, negative_slope)
-    # Half-precision inputs get float32 folded weights: each is a sum of up to 8 weights,
-    # and rounding it to half would add an error eager PyTorch does not make.
-    half = x.dtype in (torch.float16, torch.bfloat16)
-    weight = weight.float() if half else weight
-    if backend == "cpu":
-        # The CPU path runs the transposed form: fold straight into its kernel (one small GEMM;
-        # an 8-D permutation of the phase filters per call cost as much as the convolution's
-        # backward at 256 -> 128 channels).
-        wf = fold_resize_conv_weight_transposed(weight).contiguous()
+    if impl == "triton":
+        from brainkern.kernels.resize_conv3d import operand_memory_format  # noqa: PLC0415
+
+        x = x.contiguous(memory_format=operand_memory_format(x))
     else:
-        wf = fold_resize_conv_weight(weight).contiguous()
+        x = x.contiguous()
     return _ResizeConv3dFn.apply(
-        x.contiguous(),
-        wf,
+        x,
+        _fold_for(impl, weight, x.dtype),
         None if bias is None else bias.contiguous(),
         _ACT_CODE[activation],
         float(negative_slope),
-        backend,
+        impl,
     )

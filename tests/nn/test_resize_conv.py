@@ -8,11 +8,25 @@ from torch import nn
 
 from brainkern.nn import ResizeConv3d
 from brainkern.ops import use_backend
+from brainkern.ops.resize_conv3d import use_resize_conv_impl
+
+_NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
 def _unfused(conv: nn.Conv3d, activation: str | None, slope: float = 0.2) -> nn.Sequential:
     acts = {None: nn.Identity(), "relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(slope), "tanh": nn.Tanh()}
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv, acts[activation])
+
+
+def _assert_same_outputs_and_gradients(y, ref, x, layer: ResizeConv3d, conv: nn.Conv3d) -> None:
+    """float64: the layer and the unfused block agree in output and in every gradient (the
+    same output gradient fed to both)."""
+    torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-10)
+    gy = torch.randn_like(y)
+    mine = torch.autograd.grad(y, [x, *layer.parameters()], gy)
+    theirs = torch.autograd.grad(ref, [x, *conv.parameters()], gy)
+    for a, b in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "leaky_relu", "tanh"])
@@ -29,12 +43,7 @@ def test_from_conv_equals_upsample_then_conv(backend_device, activation, bias):
         y = layer(x)
     ref = _unfused(conv, activation)(x)
     assert y.shape == (1, 5, *(2 * s for s in x.shape[2:]))
-    torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-10)
-    gy = torch.randn_like(y)
-    mine = torch.autograd.grad(y, [x, *layer.parameters()], gy)
-    theirs = torch.autograd.grad(ref, [x, *conv.parameters()], gy)
-    for a, b in zip(mine, theirs, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    _assert_same_outputs_and_gradients(y, ref, x, layer, conv)
 
 
 def test_init_matches_conv3d():
@@ -84,3 +93,15 @@ def test_bad_arguments_raise():
 
 def test_repr_names_the_activation():
     assert "leaky_relu" in repr(ResizeConv3d(2, 3, activation="leaky_relu"))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_NO_GPU)])
+def test_wide_layer_on_the_cudnn_implementation(device):
+    """A batch of 3 through 37 -> 20 channels on the cudnn path (oneDNN on the CPU) trains like
+    Upsample + Conv3d: forward, input and parameter gradients."""
+    conv = nn.Conv3d(37, 20, 3, padding=1).to(device=device, dtype=torch.float64)
+    layer = ResizeConv3d.from_conv(conv, activation="relu")
+    x = torch.randn(3, 37, 1, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
+    with use_backend("auto"), use_resize_conv_impl("cudnn"):
+        y = layer(x)
+    _assert_same_outputs_and_gradients(y, _unfused(conv, "relu")(x), x, layer, conv)
