@@ -40,10 +40,14 @@ Backends (see :mod:`brainkern.ops._backend`):
   (bfloat16, float16, TF32) x is copied channels-last once (the copy is what autograd
   keeps) and the backward writes the activation's derivative channels-last, so that
   tiles load as 16-byte vectors (:mod:`brainkern.kernels.resize_conv3d`).
-- ``cuda``: the extension's kernels (``torch.ops.brainkern.resize_conv3d_fwd/bwd``)
-  with the fused epilogue and input gradient, the weight gradient through ATen (cuDNN).
-  Inputs past the kernels' 32-bit offsets (more than 2^31 - 1 elements in x or y) run
-  the ``cudnn`` path below instead.
+- ``cuda``: the extension's kernels (``torch.ops.brainkern.resize_conv3d_fwd/bwd``):
+  tensor-core implicit GEMMs (bfloat16 / float16 operands, and TF32 under
+  ``cudnn.allow_tf32``, with the folded weights rounded once to the operand type, as
+  the other paths do), SIMT float32 / float64 otherwise, a per-voxel kernel for
+  ``C_out < 16``; int64 sample offsets, so any size runs; bias and activation in the
+  epilogue; the activation's derivative applied while the input-gradient GEMM stages
+  ``grad_y``; the weight gradient through ATen (cuDNN). Half types need compute
+  capability 8.0 or later (declined below, with the reason).
 
 On a GPU there are three implementations, ``triton``, ``cuda`` (the extension kernel)
 and ``cudnn``: ATen's ``conv_transpose3d(x, K, bias, stride=2, padding=1)`` (cuDNN) with
@@ -65,7 +69,7 @@ float32, TF32 allowed, C_out >= 16   triton, cudnn, cuda  TF32 tensor cores, fus
 float32, TF32 off                    cudnn, triton, cuda  CUDA cores on every path (2)
 C_out < 16 (Kwon's last, 64 -> 1)    cuda, cudnn, triton  tl.dot tiles would be padding (3)
 float64 (checks, not training)       cuda, triton, cudnn  no tensor cores; fused epilogue kept
-one sample > 2^31 - 1 elements       cudnn                32-bit offsets elsewhere (4)
+one sample > 2^31 - 1 elements       as above, no triton  Triton's 32-bit offsets (4)
 ===================================  ===================  =======================================
 
 "TF32 allowed" is ``torch.backends.cudnn.allow_tf32`` (torch's default), the switch
@@ -80,7 +84,7 @@ direct kernel for such thin outputs (one thread per low-resolution voxel computi
 phase of a few channels, epilogue fused); without it cuDNN, whose extra epilogue passes
 cost least where y has one channel. (4) Triton splits
 larger batches between samples, so only a single sample past the limit leaves it; the
-extension kernel declines any x or y past 2^31 - 1 elements.
+extension kernel takes any size.
 
 The order is a prior from how the paths work, not a measurement: no GPU was at hand
 when it was written. ``benchmarks/bench_resize_conv3d.py`` times the three side by side
@@ -91,12 +95,12 @@ built, Triton not installed) the next one runs; ``cudnn`` runs every non-empty i
 no size goes to the reference on a GPU.
 
 Overrides. ``use_backend(...)`` / ``BRAINKERN_BACKEND`` force a backend as for every op
-(``cuda`` there means the extension kernel, with ``cudnn`` for inputs past its 32-bit
-offsets). When the backend is chosen automatically, ``with use_resize_conv_impl("cudnn"):``
-or ``BRAINKERN_RESIZE_CONV_IMPL=triton|cuda|cudnn`` (the context manager wins) replaces the
-table above by one implementation, on any device it can run on (``cudnn`` and ``triton``
-also run on the CPU: oneDNN, and Triton's interpreter under ``TRITON_INTERPRET=1``); if
-it cannot run the input, :class:`~brainkern.ops.BackendError` says why.
+(``cuda`` there means the extension kernel). When the backend is chosen automatically,
+``with use_resize_conv_impl("cudnn"):`` or ``BRAINKERN_RESIZE_CONV_IMPL=triton|cuda|cudnn``
+(the context manager wins) replaces the table above by one implementation, on any
+device it can run on (``cudnn`` and ``triton`` also run on the CPU: oneDNN, and
+Triton's interpreter under ``TRITON_INTERPRET=1``); if it cannot run the input,
+:class:`~brainkern.ops.BackendError` says why.
 
 Memory: autograd keeps ``x`` and the folded weights, plus, for the activation's
 derivative, a 1-byte mask ``y > 0`` (relu, leaky_relu) or the output ``y`` (tanh);
@@ -159,7 +163,7 @@ _forced_impl: contextvars.ContextVar[str | None] = contextvars.ContextVar("resiz
 
 # Fewer output channels than the narrowest tl.dot tile (16 columns).
 _THIN_C_OUT = 16
-# The extension's kernels and Triton's offsets are 32-bit.
+# Triton's offsets within a sample are 32-bit (batches are split between samples).
 _INT32 = 2**31 - 1
 
 
@@ -333,22 +337,18 @@ def _check_triton(x, weight, bias, activation, negative_slope):
 
 
 def _check_cuda(x, weight, bias, activation, negative_slope):
-    # Sizes past the extension's 32-bit offsets are not declined: the backend runs them
-    # through cuDNN (see _select).
-    return _check_common(x)
+    why = _check_common(x)
+    if why is None and x.dtype in (torch.float16, torch.bfloat16) and weight.shape[0] >= _THIN_C_OUT:
+        major = torch.cuda.get_device_capability(x.device)[0] if x.device.type == "cuda" else 8
+        if major < 8:
+            why = f"{x.dtype} runs on tensor cores, which need compute capability 8.0; this GPU has {major}.x"
+    return why
 
 
 _DISPATCH = OpDispatch(
     "resize_conv3d",
     checks={"cpu": _check_cpu, "cuda": _check_cuda, "triton": _check_triton},
 )
-
-
-def _extension_size_reason(x: torch.Tensor, weight: torch.Tensor) -> str | None:
-    largest = max(x.numel(), 8 * weight.shape[0] * x.numel() // x.shape[1])
-    if largest > _INT32:
-        return f"x or y has {largest} elements, more than the extension's 32-bit offsets allow"
-    return None
 
 
 @contextlib.contextmanager
@@ -417,11 +417,7 @@ def _impl_reason(impl: str, x, weight, bias, activation, negative_slope) -> str 
             return f"declined: the input is on {x.device}; ATen's convolutions run it on CUDA (or the CPU)"
         why = _check_common(x)
         return None if why is None else f"declined: {why}"
-    why = _DISPATCH.reason(impl, x.device, x, weight, bias, activation, negative_slope)
-    if why is None and impl == "cuda":
-        size = _extension_size_reason(x, weight)
-        why = None if size is None else f"declined: {size}"
-    return why
+    return _DISPATCH.reason(impl, x.device, x, weight, bias, activation, negative_slope)
 
 
 def _impl_report(forced: str, args: tuple) -> str:
@@ -448,10 +444,7 @@ def _select(x, weight, bias, activation, negative_slope) -> str:
             if forced is not None:
                 raise BackendError(_impl_report(forced, args))
             # Only an empty batch gets here (cudnn runs every other CUDA input): the backends decide.
-    backend = _DISPATCH.select(x.device, *args)
-    if backend == "cuda" and _extension_size_reason(x, weight) is not None:
-        return "cudnn"  # the cuda backend's path past the extension's 32-bit offsets
-    return backend
+    return _DISPATCH.select(x.device, *args)
 
 
 def _act_grad(grad_y: torch.Tensor, y: torch.Tensor | None, act: int, slope: float) -> torch.Tensor:
