@@ -5,7 +5,7 @@ from host data, every data-dependent shape (``nonzero``, boolean masks) and ever
 blocking copy between devices makes the host wait until the device has caught
 up, and a step with a few of them loses the overlap of Python with the kernels.
 
-There is no GPU here, so :class:`SyncRecorder` finds these places on the CPU: a
+There is no GPU here, so :class:`tests.guards.SyncRecorder` finds these places on the CPU: a
 ``TorchDispatchMode`` records the ATen ops that read tensor data on the host or
 block on the device, and patches record the tensor methods that read memory
 without dispatching (``tolist``, ``numpy``). The tests run a step once to fill
@@ -22,15 +22,11 @@ not part of it.
 
 from __future__ import annotations
 
-import contextlib
-import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import brainkern.nn as bnn
 import brainkern.nn.resize_conv as resize_conv_layer
@@ -39,115 +35,7 @@ from brainkern.ops._backend import interpreter_enabled
 from brainkern.train import config
 from brainkern.train.engine import build_run_model
 from brainkern.train.recipes import make_recipe
-
-aten = torch.ops.aten
-
-# ATen ops that read tensor data on the host, or whose output shape depends on it.
-_SYNCING = {
-    aten._local_scalar_dense.default: "a tensor read as a Python number (item, float, int, bool)",
-    aten.is_nonzero.default: "bool() of a tensor",
-    aten.equal.default: "torch.equal",
-    aten.allclose.default: "torch.allclose",
-    aten.nonzero.default: "nonzero: a data-dependent shape",
-    aten.masked_select.default: "masked_select: a data-dependent shape",
-    aten.lift_fresh.default: "a tensor made from host data (torch.tensor(...))",
-    aten.lift_fresh_copy.default: "a tensor made from host data (torch.tensor(...))",
-}
-_DATA_DEPENDENT = ("_unique", "_unique2", "unique_dim", "unique_consecutive")
-
-# Frames that say nothing about where a sync comes from.
-_NOISE = ("/torch/", "/_pytest/", "/pluggy/", __file__)
-
-# Syncs in files that other engineers are fixing at the time of writing (issue 9):
-# a failure made only of these is an expected failure until their fixes land.
-_BEING_FIXED = {
-    "brainkern/ops/resize_conv3d.py": "resize_conv3d folds its weight from a host constant (torch.tensor)",
-    "brainkern/ops/spectral_norm.py": "spectral_norm's cache misses",
-}
-
-
-@dataclass
-class Event:
-    """One recorded sync: what it was and the innermost frames that caused it."""
-
-    what: str
-    stack: list[str]
-
-    def __str__(self) -> str:
-        return self.what + "".join(f"\n      {line}" for line in self.stack)
-
-
-def _short_stack(limit: int = 5) -> list[str]:
-    frames = [f for f in traceback.extract_stack()[:-3] if not any(n in f.filename for n in _NOISE)]
-    return [f"{f.filename}:{f.lineno} in {f.name}: {f.line}" for f in frames[-limit:]]
-
-
-class SyncRecorder(TorchDispatchMode):
-    """Records every op that makes the host wait for a device, with a short stack.
-
-    Args:
-        host_scalars: tensors that live on the host by design (``torch.optim``'s
-            step counters, kept on the CPU unless ``capturable``): reading them is
-            not a device sync.
-    """
-
-    def __init__(self, host_scalars: tuple[torch.Tensor, ...] = ()) -> None:
-        super().__init__()
-        self.events: list[Event] = []
-        self._host = {id(t) for t in host_scalars}
-
-    def record(self, what: str) -> None:
-        self.events.append(Event(what, _short_stack()))
-
-    def _why(self, func, args, kwargs) -> str | None:
-        if func in _SYNCING:
-            if func is aten._local_scalar_dense.default and id(args[0]) in self._host:
-                return None
-            return f"{func}: {_SYNCING[func]}"
-        name = func.overloadpacket.__name__
-        if name in _DATA_DEPENDENT or (name == "repeat_interleave" and "output_size" not in kwargs):
-            return f"{func}: a data-dependent shape"
-        if name == "index" and any(
-            isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1]
-        ):
-            return f"{func} with a boolean mask: a data-dependent shape"
-        if not kwargs.get("non_blocking", False):
-            if name == "copy_" and args[0].device != args[1].device:
-                return f"{func}: a blocking copy {args[1].device} -> {args[0].device}"
-            target = kwargs.get("device")
-            if name == "_to_copy" and target is not None and torch.device(target) != args[0].device:
-                return f"{func}: a blocking copy {args[0].device} -> {target}"
-        return None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        why = self._why(func, args, kwargs)
-        if why is not None:
-            self.record(why)
-        return func(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def recording(host_scalars: tuple[torch.Tensor, ...] = ()) -> Iterator[SyncRecorder]:
-    """Within the block, host syncs are recorded (see :class:`SyncRecorder`)."""
-    recorder = SyncRecorder(host_scalars)
-    originals = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy")}
-
-    def spy(name: str, original: Callable) -> Callable:
-        def method(self, *args, **kwargs):
-            recorder.record(f"Tensor.{name}(): reads the tensor's data on the host")
-            return original(self, *args, **kwargs)
-
-        return method
-
-    for name, original in originals.items():
-        setattr(torch.Tensor, name, spy(name, original))
-    try:
-        with recorder:
-            yield recorder
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
+from tests.guards import Event, recording
 
 
 def _no_sync(step: Callable[[], object], device: str, host_scalars=lambda: ()) -> list[Event]:
@@ -166,9 +54,6 @@ def _no_sync(step: Callable[[], object], device: str, host_scalars=lambda: ()) -
 
 
 def _assert_none(events: list[Event]) -> None:
-    if events and all(any(path in line for line in e.stack for path in _BEING_FIXED) for e in events):
-        known = sorted({why for path, why in _BEING_FIXED.items() for e in events if path in str(e)})
-        pytest.xfail(f"{len(events)} host syncs, all in code being fixed: {'; '.join(known)}")
     assert not events, f"{len(events)} host syncs in one step:\n" + "\n".join(map(str, events))
 
 

@@ -13,7 +13,6 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from brainkern.ops import (
     BackendError,
@@ -36,7 +35,7 @@ from brainkern.ops.resize_conv3d import (
     use_resize_conv_impl,
 )
 from tests.conftest import BACKEND_DEVICES
-from tests.guards import poisoned_outputs
+from tests.guards import poisoned_outputs, recording
 
 # The module (brainkern.ops.resize_conv3d as an attribute is the function of that name).
 rc = importlib.import_module("brainkern.ops.resize_conv3d")
@@ -440,34 +439,6 @@ def test_folded_weights_per_implementation():
 
 # ---------------------------------------------------------------- host synchronisation
 
-aten = torch.ops.aten
-# ATen ops that read device data on the host or whose output shape depends on it, and the
-# ops that build a tensor from host memory (a blocking copy to the device). ``item`` and
-# ``bool()`` reach ATen as _local_scalar_dense and is_nonzero.
-_SYNCING = {
-    aten._local_scalar_dense.default: "a device value read on the host (.item(), float(), int(), bool())",
-    aten.is_nonzero.default: "bool() of a tensor",
-    aten.equal.default: "torch.equal",
-    aten.nonzero.default: "nonzero (a data-dependent shape)",
-    aten.nonzero_static.default: "nonzero_static",
-    aten.masked_select.default: "masked_select (a data-dependent shape)",
-    aten.lift_fresh.default: "a tensor from host data (torch.tensor(...))",
-    aten.lift_fresh_copy.default: "a tensor from host data (torch.tensor(...))",
-}
-
-
-class _SyncRecorder(TorchDispatchMode):
-    """Records every ATen op of ``_SYNCING`` that runs inside the block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in _SYNCING:
-            self.found.append(f"{func}: {_SYNCING[func]}")
-        return func(*args, **(kwargs or {}))
-
 
 @contextlib.contextmanager
 def _cuda_syncs_raise(device: str):
@@ -480,16 +451,6 @@ def _cuda_syncs_raise(device: str):
         yield
     finally:
         torch.cuda.set_sync_debug_mode(before)
-
-
-def test_sync_recorder_sees_host_reads_and_host_data():
-    x = torch.randn(3)
-    with _SyncRecorder() as rec:
-        torch.tensor([1.0, 2.0])
-        x.sum().item()
-        bool(x[0] > 0)
-        x.nonzero()
-    assert len(rec.found) == 4, rec.found
 
 
 INTERPRETED_SYNC_CASES = [(torch.float32, "leaky_relu"), (torch.bfloat16, "tanh")]
@@ -510,10 +471,10 @@ def test_forward_and_backward_never_wait_for_the_device(backend_device, dtype, a
     gy = torch.randn(1, 3, 4, 6, 4, device=device, dtype=dtype)
     if device == "cuda":
         _grads(_run(backend, x, w, b, act), (x, w, b), gy)  # warm-up: Triton's compilation, cuDNN plans
-    with _SyncRecorder() as rec, _cuda_syncs_raise(device):
+    with recording() as rec, _cuda_syncs_raise(device):
         y = _run(backend, x, w, b, act)
         _grads(y, (x, w, b), gy)
-    assert not rec.found, rec.found
+    assert not rec.events, "\n".join(map(str, rec.events))
 
 
 # ---------------------------------------------------------------- dispatch on the GPU
