@@ -17,7 +17,9 @@ from brainkern.ops.resize_conv3d import (
     fold_resize_conv_weight,
     fold_resize_conv_weight_transposed,
     resize_conv3d,
+    resize_conv3d_impl_order,
     resize_conv3d_reference,
+    use_resize_conv_impl,
 )
 from brainkern.ops.spectral_norm import spectral_norm_step, spectral_norm_step_reference, spectral_normalize
 
@@ -41,9 +43,11 @@ __all__ = [
     "pixel_unshuffle3d",
     "pixel_unshuffle3d_reference",
     "resize_conv3d",
+    "resize_conv3d_impl_order",
     "resize_conv3d_reference",
     "spectral_norm_step",
     "spectral_norm_step_reference",
     "spectral_normalize",
     "use_backend",
+    "use_resize_conv_impl",
 ]
