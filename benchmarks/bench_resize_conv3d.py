@@ -39,7 +39,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks._util import bench_device, peak_memory, record, saved_tensor_bytes, sync, timed
+from benchmarks._util import (
+    assert_matches,
+    bench_device,
+    peak_memory,
+    record,
+    saved_tensor_bytes,
+    sync,
+    timed,
+)
 from brainkern.ops import (
     fold_resize_conv_weight_transposed,
     resize_conv3d,
@@ -146,6 +154,13 @@ def setup(provider: str, case, mode: str, device: torch.device, precision: str =
     return fn, full, saved, impl
 
 
+def _result(provider: str, case, device: torch.device, precision: str) -> list[torch.Tensor]:
+    """The output and the gradients of x, w and b for one fixed output gradient."""
+    forward, *_ = setup(provider, case, "forward", device, precision)
+    backward, *_ = setup(provider, case, "backward", device, precision)
+    return [forward(), *backward()]
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -160,6 +175,16 @@ def test_resize_conv3d(benchmark, smoke, case, provider, precision, mode):
         if CASES.index(case) >= len(SMOKE_CASES):
             pytest.skip("smoke mode: the small cases already ran")
         case = SMOKE_CASES[CASES.index(case)]
+        if mode == "full" and provider != "interpolate+conv3d":
+            # Every provider against the literal upsample + conv3d, output and gradients
+            # (bf16: both round to 8-bit mantissas in different places, so 5%; a wrong
+            # index or tile is off by the whole norm).
+            assert_matches(
+                _result(provider, case, device, precision),
+                _result("interpolate+conv3d", case, device, precision),
+                what=f"resize_conv3d {_case_id(case)} {precision}, {provider}",
+                rtol=5e-2 if precision == "bf16-autocast" else 1e-4,
+            )
     fn, full, saved, impl = setup(provider, case, mode, device, precision)
     peak = peak_memory(full, device)
     sync(device)
