@@ -1,7 +1,7 @@
 """Helpers shared by the benchmarks: device, sizes, timing closures, peak memory.
 
 Each benchmark file builds its cases with one setup factory and times every
-provider (brainkern and each baseline of its DESIGN.md row) in the same run;
+provider (brainkern and each baseline that docs/design.md names for its op) in the same run;
 ``benchmarks/conftest.py`` prints the ratios per group at the end and, with
 ``BRAINKERN_BENCH_MD=path``, writes them as a Markdown table.
 """

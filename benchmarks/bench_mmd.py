@@ -1,6 +1,6 @@
 """Batch MMD^2 of many tests: brainkern's fused statistics against the usual forms.
 
-Providers (DESIGN.md, the ``mmd2`` row):
+Providers (the baselines docs/design.md names for ``mmd2``):
 
 - ``brainkern``: :func:`brainkern.ops.mmd2_batched` (one pass over the data per test);
 - ``three-mm``: per test, ``X X^T``, ``Y Y^T``, ``X Y^T`` with three ``torch.mm``, then the

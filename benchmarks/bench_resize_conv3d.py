@@ -1,6 +1,6 @@
 """resize_conv3d (nearest x2 upsample + 3x3x3 conv + bias + leaky_relu) against its baselines.
 
-Providers (DESIGN.md, resize_conv3d row):
+Providers (the baselines docs/design.md names for resize_conv3d):
 - ``brainkern``: :func:`brainkern.ops.resize_conv3d` with its automatic choice (on a GPU,
   the per-shape table of :func:`brainkern.ops.resize_conv3d.resize_conv3d_impl_order`; the
   record's ``impl`` says which implementation it took);

@@ -1,7 +1,7 @@
 """Training engine: objectives, recipes, loops, run directories, checkpoints and resume.
 
 - :class:`Trainer`, :func:`load_run`, :class:`Callback` (``engine``);
-- :func:`resolve` and the presets in ``configs/`` (``config``);
+- :func:`resolve` and the presets in ``brainkern/configs/`` (``config``);
 - ``recipes`` (one step of each model family), ``objectives`` (adversarial losses),
   ``state`` (atomic checkpoints, random state), ``data`` (batches of a run);
 - ``python -m brainkern.train`` on the command line.

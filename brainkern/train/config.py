@@ -1,7 +1,7 @@
-"""Run configuration: defaults, presets (YAML files in ``configs/``), overrides.
+"""Run configuration: defaults, presets (YAML files in ``brainkern/configs/``), overrides.
 
 A configuration is a nested dict with the sections below. A preset is a partial
-configuration in ``configs/<name>.yaml`` (or any YAML file given by path) laid over
+configuration in ``brainkern/configs/<name>.yaml`` (or any YAML file given by path) laid over
 :data:`DEFAULTS`; ``--set section.key=value`` overrides come last, their values
 parsed as YAML (``--set train.iters=50``, ``--set data.shape=[32,32,32]``). The
 resolved configuration is written to the run directory, so a run can be
@@ -71,6 +71,8 @@ DEFAULTS: dict[str, Any] = {
         "amp": "auto",  # "auto" (bf16 on CUDA), "bf16" or "off"
         "device": "auto",
         "threads": None,  # CPU threads for torch (default: torch's choice)
+        "sync_batchnorm": False,  # under torchrun: BatchNorm statistics of the global batch
+        "dtype": "float32",  # parameters and activations: float32, or float64 (exactness tests)
     },
     "log": {
         "every": 10,
@@ -130,7 +132,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """A preset's partial configuration, by name (``configs/<name>.yaml``) or path.
+    """A preset's partial configuration, by name (``brainkern/configs/<name>.yaml``) or path.
 
     Raises:
         FileNotFoundError: no such preset; the message lists the known ones.

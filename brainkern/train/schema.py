@@ -86,6 +86,7 @@ TYPES: dict[tuple[str, str], Any] = {
     ("train", "amp"): Literal["auto", "bf16", "off"],
     ("train", "device"): str,
     ("train", "threads"): Positive | None,
+    ("train", "dtype"): Literal["float32", "float64"],
     ("log", "every"): Positive,
     ("log", "checkpoint_every"): Positive,
     ("log", "picture_every"): Positive,
