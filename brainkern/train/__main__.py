@@ -4,10 +4,14 @@
     python -m brainkern.train --preset kwon2019-alpha-wgan-gp --data labels.csv
     python -m brainkern.train --preset quick --model wgan-gp --iters 200 --set train.lr=1e-4
     python -m brainkern.train --resume runs/quick-alpha-wgan-gp-20261123-101500
+    torchrun --standalone --nproc_per_node 4 -m brainkern.train --preset kwon2019-alpha-wgan-gp
 
 Torch and the rest load inside :func:`main`, after argument parsing, so ``--help``
 answers at once. This entry point wires the engine (``brainkern.train``) to the
-run report (``brainkern.evaluate.run``: pictures and the end-of-run evaluation).
+run report (``brainkern.experiment.kwon``: pictures and the end-of-run evaluation).
+Under ``torchrun`` every process runs this command; rank 0 resolves the
+configuration and the run directory and hands them to the others
+(:mod:`brainkern.train.distributed`), and only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
-        "--preset", help="a preset in configs/ (quick, kwon2019-alpha-wgan-gp, ...); default quick"
+        "--preset", help="a preset in brainkern/configs/ (quick, kwon2019-alpha-wgan-gp, ...); default quick"
     )
     which.add_argument("--config", help="a YAML config file (e.g. a run's config.yaml)")
     data = parser.add_mutually_exclusive_group()
@@ -117,6 +121,20 @@ def main(argv: list[str] | None = None) -> int:
         print(listing())
         return 0
 
+    from brainkern.train import distributed
+
+    world = distributed.setup()
+    try:
+        # Rank 0 alone reads the files and picks the run directory's name (its clock):
+        # every process then trains the same configuration into the same run.
+        cfg, run_dir = world.on_main(lambda: _resolve(parser, args))
+        return _train(args, cfg, run_dir, world)
+    finally:
+        distributed.shutdown()
+
+
+def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """The run's configuration and run directory (``parser.error`` on a bad one)."""
     from brainkern.train import config as config_mod
 
     try:
@@ -142,10 +160,19 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"{run_dir} already holds a run: pass --resume {run_dir} or another --out")
     except (ValueError, KeyError, FileNotFoundError) as exc:
         parser.error(str(exc))
+    return cfg, run_dir
 
+
+def _train(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path, world) -> int:
     from brainkern.experiment.kwon import RunReport
+    from brainkern.train.distributed import RankFailed
     from brainkern.train.engine import Diverged, Interrupted, Trainer
     from brainkern.train.state import CheckpointError
+
+    # What every process meets alike is said once, by rank 0.
+    def say(text: str) -> None:
+        if world.is_main:
+            print(text, file=sys.stderr)
 
     wall = time.perf_counter()
     try:
@@ -158,14 +185,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         trainer.fit()
     except Interrupted as exc:
-        print(f"\n{exc}", file=sys.stderr)
+        say(f"\n{exc}")
         return 130
     except Diverged as exc:
-        print(f"\ntraining diverged: {exc}", file=sys.stderr)
+        say(f"\ntraining diverged: {exc}")
         return 1
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except RankFailed:  # rank 0 has said why
         return 2
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        where = "" if world.is_main else f"rank {world.rank}: "  # may concern this process alone
+        print(f"{where}error: {exc}", file=sys.stderr)
+        return 2
+    if not world.is_main:
+        return 0
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - wall:.0f} s wall)")
     for what, sub in (("samples (NIfTI)", "samples"), ("pictures (PNG)", "pictures")):
         if (run_dir / sub).is_dir():

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from brainkern.train.config import cache_root
+from brainkern.train.distributed import local_batch
 
 
 def cohort_table(data: dict[str, Any], *, progress: bool = True) -> Path:
@@ -190,6 +191,26 @@ def training_indices(dataset, classes: list[str] | None, split: dict[str, Any] |
     return keep[np.isin(dataset.labels[keep], wanted)]
 
 
+def evaluation_indices(
+    dataset, classes: list[str] | None, split: dict[str, Any] | None
+) -> tuple[np.ndarray, str]:
+    """The real volumes a run's samples are compared with, and a line saying which.
+
+    The split's held-out part (``test``, else ``val``) restricted to ``classes``
+    when the run has one; else the training volumes (then the figures say how
+    close samples are to what the generator saw, not to new subjects).
+    """
+    for part in ("test", "val"):
+        held_out = (split or {}).get("parts", {}).get(part)
+        if held_out:
+            # training_indices applies data.classes to whichever part it is given.
+            idx = training_indices(dataset, classes, {"parts": {"train": held_out}})
+            if len(idx):
+                return idx, f"held-out {part} volumes ({len(idx)}, subjects not trained on)"
+    idx = training_indices(dataset, classes, split)
+    return idx, f"training volumes ({len(idx)}; the run has no held-out part)"
+
+
 def real_volumes(dataset, indices: np.ndarray) -> torch.Tensor:
     """``(N, 1, D, H, W)`` float32 tensor of the given volumes of a data set (read in file order)."""
     return torch.from_numpy(np.asarray(dataset.volumes[np.sort(indices)], dtype=np.float32)).unsqueeze(1)
@@ -207,15 +228,27 @@ class Batches:
     state, with the epoch's permutation and position, is part of
     :meth:`state_dict`, so a resumed run sees the same batches.
 
+    On several processes (``torchrun``) ``batch_size`` is the global batch: every
+    process draws the same permutation and augmentation for all ``B`` volumes and
+    keeps its contiguous slice of ``B / world_size`` (rank 0 the first), so the
+    processes together see what one process would, in the same order, and the
+    state is the same on all of them (a run resumes on any number of processes).
+
     Args:
         dataset: ``dataset[i]`` gives an item dict with at least ``image``.
         indices: which items to use.
-        batch_size: ``B``.
+        batch_size: ``B``, the global batch.
         seed: seed of the generator.
         flip: mirror left-right with probability 1/2.
         intensity: ``(low, high)``: scale each volume's intensity above the
             background (-1) by a factor uniform in that range; ``None`` for off.
         device: where batches go.
+        rank, world_size: this process and the number of processes.
+        dtype: the dtype of ``image`` (default: as read, float32).
+
+    Raises:
+        ValueError: fewer volumes than ``B``, ``B`` not a multiple of
+            ``world_size``, or a rank outside ``0 .. world_size - 1``.
     """
 
     def __init__(
@@ -228,11 +261,18 @@ class Batches:
         flip: bool = True,
         intensity: tuple[float, float] | None = (0.9, 1.0),
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        dtype: torch.dtype | None = None,
     ) -> None:
         from brainkern.data.augment import RandomFlipLR, RandomIntensityScale
 
         if len(indices) < batch_size:
             raise ValueError(f"batch size {batch_size} exceeds the {len(indices)} training volumes")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must lie in 0 .. world_size - 1 (world_size={world_size})")
+        self.local_batch = local_batch(batch_size, world_size)
+        self.rank, self.world_size, self.dtype = int(rank), int(world_size), dtype
         self.dataset = dataset
         self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         self.batch_size = int(batch_size)
@@ -262,7 +302,13 @@ class Batches:
             # Scale the signal above the background of [-1, 1] data, not the background.
             x = self.intensity(x + 1.0, self.generator) - 1.0
         batch["image"] = x
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        # Every process augments the whole global batch (the generator advances alike
+        # everywhere) and keeps its slice.
+        part = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        batch = {k: v[part].to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.dtype is not None:
+            batch["image"] = batch["image"].to(self.dtype)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {

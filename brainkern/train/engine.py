@@ -15,6 +15,13 @@ uninterrupted run would have (bit for bit on the CPU). SIGINT and SIGTERM finish
 the current iteration, write a checkpoint and raise :class:`Interrupted`; a
 non-finite loss raises :class:`Diverged` before anything is written, so the last
 good checkpoint stays intact.
+
+Under ``torchrun`` (:mod:`brainkern.train.distributed`) the trainer of every
+process trains the same run on its slice of each global batch; rank 0 alone
+writes the run directory and runs the callbacks while the others wait, losses
+are averaged over the processes at logging windows, and a non-finite loss or a
+signal on any process stops all of them together. A checkpoint holds the global
+state, so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -37,24 +44,19 @@ import numpy as np
 import torch
 
 from brainkern.train import config as config_mod
+from brainkern.train import distributed
 from brainkern.train.data import (
     Batches,
     data_source,
+    evaluation_indices,
     load_dataset,
     make_split,
     read_records,
     real_volumes,
     training_indices,
 )
-from brainkern.train.recipes import Recipe, make_recipe
-from brainkern.train.state import (
-    CheckpointError,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
+from brainkern.train.recipes import Recipe, make_recipe, train_dtype
+from brainkern.train.state import CheckpointError, load_checkpoint, save_checkpoint, seed_everything
 
 # MMD tests of B=8 generated vs real volumes at each check: cheap, and stable enough to
 # pick the best checkpoint.
@@ -70,7 +72,7 @@ class Diverged(RuntimeError):
 
 
 class Callback:
-    """Hooks the engine calls; pictures and reports plug in here (see ``brainkern.evaluate.run``)."""
+    """Hooks the engine calls; pictures and reports plug in here (see ``brainkern.experiment.kwon``)."""
 
     def on_start(self, trainer: Trainer) -> None: ...
 
@@ -81,12 +83,7 @@ class Callback:
 
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` is the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but this PyTorch sees no CUDA device")
-    return device
+    return distributed.resolve_device(name, distributed.World())
 
 
 def _git_commit() -> str | None:
@@ -198,10 +195,16 @@ class Trainer:
         callbacks: :class:`Callback` objects (pictures, evaluation).
         log: where to print messages (``None`` for silence).
 
+    Under ``torchrun`` every process makes a ``Trainer`` with the same arguments;
+    ``train.batch_size`` is then the global batch, messages, progress bars and
+    callbacks come from rank 0 only.
+
     Raises:
         FileNotFoundError: ``resume`` without a checkpoint.
         CheckpointError: the checkpoint to resume from cannot be read (one line
             naming the file, and the previous checkpoint when there is one).
+        ValueError: ``train.batch_size`` not a multiple of the number of processes,
+            or a ``train.device`` that does not fit them.
     """
 
     def __init__(
@@ -216,23 +219,34 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.progress = progress
+        self.world = world = distributed.setup()
+        self.progress = progress and world.is_main
         self.callbacks = list(callbacks)
-        self.log = log or (lambda *a, **k: None)
-        self.device = resolve_device(cfg["train"]["device"])
+        self.log = (log if world.is_main else None) or (lambda *a, **k: None)
+        self.device = distributed.resolve_device(cfg["train"]["device"], world)
+        distributed.local_batch(cfg["train"]["batch_size"], world.size)  # fail before any data work
+        dtype = train_dtype(cfg["train"])
         if cfg["train"].get("threads"):
             torch.set_num_threads(int(cfg["train"]["threads"]))
         ckpt = None
         if resume:
-            ckpt = self._load_resume_checkpoint("last" if resume is True else str(resume))
+            which = "last" if resume is True else str(resume)
+            ckpt = world.on_main(lambda: self._load_resume_checkpoint(which))
+            self._resumed_from = self.checkpoint_path(which)
 
         # The split comes first: preprocessing fits its trimming box and mask on the
         # training part only, and the generator never sees a held-out subject.
-        self.split = make_split(read_records(data_source(cfg["data"], progress=progress)), cfg["data"])
-        self.dataset = load_dataset(cfg["data"], progress=progress, split=self.split)
+        with world.local_main_first():  # one process per host simulates and caches the data
+            source = data_source(cfg["data"], progress=self.progress)
+            self.split = make_split(read_records(source), cfg["data"])
+            self.dataset = load_dataset(cfg["data"], progress=self.progress, split=self.split)
         self.indices = training_indices(self.dataset, cfg["data"]["classes"], self.split)
         self.model = build_run_model(cfg, self.device, log=self.log)
-        self.recipe: Recipe = make_recipe(self.model, cfg["train"], self.device)
+        if dtype != torch.float32:
+            _compute_in(self.model, dtype)
+        if cfg["train"].get("sync_batchnorm"):
+            distributed.convert_sync_batchnorm(self.model)
+        self.recipe: Recipe = make_recipe(self.model, cfg["train"], self.device, world)
         data = cfg["data"]
         self.batches = Batches(
             self.dataset,
@@ -242,6 +256,9 @@ class Trainer:
             flip=bool(data["flip"]),
             intensity=tuple(data["intensity"]) if data["intensity"] else None,
             device=self.device,
+            rank=world.rank,
+            world_size=world.size,
+            dtype=None if dtype == torch.float32 else dtype,
         )
         self.iteration = 0  # iterations completed
         self.best: dict[str, Any] = {"iter": None, "check_mmd2": math.inf}
@@ -298,24 +315,9 @@ class Trainer:
             self.metrics_path.write_text("".join(f"{line}\n" for line in kept))
 
     def evaluation_indices(self) -> tuple[np.ndarray, str]:
-        """The real volumes generated samples are compared with at the end of a run.
-
-        The held-out part of the split (``test``, else ``val``) when the run has
-        one, restricted to ``data.classes``; else the training volumes (then the
-        figures say how close samples are to what the generator saw, not to new
-        subjects). Returns ``(indices, description)``.
-        """
-        if self.split is not None:
-            for part in ("test", "val"):
-                idx = np.asarray(self.split["parts"].get(part, []), dtype=np.int64)
-                classes = self.cfg["data"]["classes"]
-                if classes is not None and len(idx):
-                    idx = idx[
-                        np.isin(self.dataset.labels[idx], [self.dataset.classes.index(c) for c in classes])
-                    ]
-                if len(idx):
-                    return idx, f"held-out {part} volumes ({len(idx)}, subjects not trained on)"
-        return self.indices, f"training volumes ({len(self.indices)}; the run has no held-out part)"
+        """The real volumes samples are compared with at the end of the run
+        (:func:`brainkern.train.data.evaluation_indices`): ``(indices, description)``."""
+        return evaluation_indices(self.dataset, self.cfg["data"]["classes"], self.split)
 
     def _write_split(self) -> None:
         """``split.json``: the subject ids and volumes of each part, so leakage can be checked."""
@@ -336,7 +338,7 @@ class Trainer:
             "model_config": self.model.config,
             "optimizers": self.recipe.state_dict(),
             "batches": self.batches.state_dict(),
-            "rng": rng_state(),
+            "rng": distributed.rng_state(self.device),
             "best": dict(self.best),
             "elapsed": self.elapsed,
             "config": self.cfg,
@@ -377,6 +379,8 @@ class Trainer:
         newest be damaged later (a full disk, a copy cut short).
         """
         path = self.checkpoint_path(which)
+        if not self.world.is_main:  # rank 0 writes for the run
+            return path
         if which == "last" and path.is_file():
             os.replace(path, self.checkpoint_path("previous"))
         return save_checkpoint(self._state(), path)
@@ -442,8 +446,10 @@ class Trainer:
             Diverged: a NaN or infinite loss (nothing written since it appeared).
         """
         self._start()
-        window = _Window(self.recipe.losses, self.device)
-        with self._signals(), self._progress_bar() as bar, open(self.metrics_path, "a") as metrics:
+        window = _Window(self.recipe.losses, self.device, self.world)
+        # Rank 0 writes the metrics log; the others take part in its collectives only.
+        log_file = open(self.metrics_path, "a") if self.world.is_main else contextlib.nullcontext(_Discard())
+        with self._signals(), self._progress_bar() as bar, log_file as metrics:
             while self.iteration < self.total:
                 start = time.perf_counter()
                 losses = self.recipe.step(next(self.batches))
@@ -457,7 +463,7 @@ class Trainer:
                     self._periodic_check(window, metrics)
                 if self._due("checkpoint_every"):
                     self._save_checked(window, "last")
-                if self._stop_signal is not None:
+                if self._stop_requested():
                     self._stop(window)
         return self._finish()
 
@@ -471,17 +477,24 @@ class Trainer:
         return self.iteration % int(self.cfg["log"][key]) == 0 or self.iteration == self.total
 
     def _start(self) -> None:
-        cfg, tcfg = self.cfg, self.cfg["train"]
-        self._prepare_run_dir()
-        self.log(
-            f"model {self.model.name} on {self.device} | grid {tuple(cfg['data']['shape'])} | "
-            f"{len(self.indices)} training volumes | batch {tcfg['batch_size']} | seed {cfg['seed']}"
-        )
-        self.log(self.model.describe())
-        for cb in self.callbacks:
-            cb.on_start(self)
+        cfg, tcfg, world = self.cfg, self.cfg["train"], self.world
+        batch = f"batch {tcfg['batch_size']}"
+        if world.distributed:
+            batch += f" ({world.size} processes x {tcfg['batch_size'] // world.size})"
+
+        def begin() -> None:
+            self._prepare_run_dir()
+            self.log(
+                f"model {self.model.name} on {self.device} | grid {tuple(cfg['data']['shape'])} | "
+                f"{len(self.indices)} training volumes | {batch} | seed {cfg['seed']}"
+            )
+            self.log(self.model.describe())
+            for cb in self.callbacks:
+                cb.on_start(self)
+
+        world.on_main(begin)
         if hasattr(self, "_resume_rng"):
-            set_rng_state(self._resume_rng)
+            distributed.set_rng_state(self._resume_rng, self.device)
             del self._resume_rng
             self.log(f"resumed at iteration {self.iteration} from {self._resumed_from}")
         else:
@@ -504,7 +517,7 @@ class Trainer:
     def _log_window(self, window: _Window, metrics, bar) -> None:
         """Write the window's mean losses to the metrics log (the one place losses are read)."""
         self._raise_if_diverged(window)
-        record = {"iter": self.iteration, "time": round(self.elapsed, 3), **window.means()}
+        record = {"iter": self.iteration, "time": round(self.elapsed, 3), **window.means()}  # a collective
         record["it_per_s"] = window.rate()
         record["peak_mem_gib"] = round(peak_memory_gib(self.device), 4)
         metrics.write(json.dumps(record) + "\n")
@@ -515,18 +528,24 @@ class Trainer:
     def _periodic_check(self, window: _Window, metrics) -> None:
         """Check MMD^2, pictures (callbacks), and the best checkpoint."""
         self._raise_if_diverged(window)
-        value = self.check()
-        metrics.write(json.dumps({"iter": self.iteration, "check_mmd2": value}) + "\n")
-        metrics.flush()
-        for cb in self.callbacks:
-            cb.on_check(self, self.iteration)
+
+        def check_and_report() -> float:
+            value = self.check()
+            metrics.write(json.dumps({"iter": self.iteration, "check_mmd2": value}) + "\n")
+            metrics.flush()
+            for cb in self.callbacks:
+                cb.on_check(self, self.iteration)
+            return value
+
+        # Rank 0 checks; every rank gets its value, so all agree on the best iteration.
+        value = self.world.on_main(check_and_report, sync_rng=True)
         if value < self.best["check_mmd2"]:
             self.best = {"iter": self.iteration, "check_mmd2": value}
-            self.save("best")
+            self.world.on_main(lambda: self.save("best"))
 
     def _save_checked(self, window: _Window, which: str) -> Path:
         self._raise_if_diverged(window)
-        return self.save(which)
+        return self.world.on_main(lambda: self.save(which))
 
     def _raise_if_diverged(self, window: _Window) -> None:
         bad = window.first_nonfinite()  # synchronises: called at windows and before writes only
@@ -540,23 +559,62 @@ class Trainer:
             "Try a lower train.lr, train.amp=off, or a different seed."
         )
 
+    def _stop_requested(self) -> bool:
+        if not self.world.distributed:
+            return self._stop_signal is not None
+        # The processes agree at logging windows (a signal reaches them at different
+        # moments of an iteration), so all of them stop after the same one.
+        return self._due("every") and self.world.any(self._stop_signal is not None)
+
     def _stop(self, window: _Window) -> None:
         path = self._save_checked(window, "last")
-        name = signal.Signals(self._stop_signal).name
+        what = (
+            "a signal to another process"
+            if self._stop_signal is None
+            else signal.Signals(self._stop_signal).name
+        )
         raise Interrupted(
-            f"{name} at iteration {self.iteration}: checkpoint written to {path}; "
+            f"{what} at iteration {self.iteration}: checkpoint written to {path}; "
             f"continue with --resume {self.run_dir}"
         )
 
     def _finish(self) -> Path:
         where = self.run_dir / "checkpoints"
         self.log(f"trained {self.iteration} iterations in {self.elapsed:.1f} s; checkpoints in {where}")
-        if self.cfg["log"]["n_samples"]:
-            paths = self.save_samples(int(self.cfg["log"]["n_samples"]))
-            self.log(f"{len(paths)} sample volumes (NIfTI) in {paths[0].parent}")
-        for cb in self.callbacks:
-            cb.on_end(self)
+
+        def end() -> None:
+            if self.cfg["log"]["n_samples"]:
+                paths = self.save_samples(int(self.cfg["log"]["n_samples"]))
+                self.log(f"{len(paths)} sample volumes (NIfTI) in {paths[0].parent}")
+            for cb in self.callbacks:
+                cb.on_end(self)
+
+        self.world.on_main(end)  # the other ranks wait here for rank 0's report
         return self.run_dir
+
+
+class _Discard:
+    """A file that forgets what is written (the metrics log of ranks other than 0)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None: ...
+
+
+def _compute_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Parameters and buffers of ``model`` in ``dtype`` (in place), and every network's
+    floating-point inputs cast to it on the way in: the model's own sampling draws
+    float32 latents, which a float64 network would refuse."""
+
+    def cast(module, args):  # noqa: ARG001
+        return tuple(
+            a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+        )
+
+    model.to(dtype)
+    for net in model.networks().values():
+        net.register_forward_pre_hook(cast)
 
 
 class _Window:
@@ -567,9 +625,12 @@ class _Window:
     (:meth:`means`, :meth:`first_nonfinite`) does, at logging windows only.
     """
 
-    def __init__(self, names: Sequence[str], device: torch.device) -> None:
+    def __init__(
+        self, names: Sequence[str], device: torch.device, world: distributed.World | None = None
+    ) -> None:
         self.names = tuple(names)
         self.device = device
+        self.world = world or distributed.World()
         # 0: finite so far; else the first iteration with a non-finite value (over the whole run).
         self.bad = torch.zeros(len(self.names), dtype=torch.int64, device=device)
         self.reset()
@@ -592,13 +653,23 @@ class _Window:
         self.count += 1
 
     def means(self) -> dict[str, float]:
-        sums = self.sums.tolist()
+        """Mean of each loss over the window (and over the processes, which all call this)."""
+        sums = self.sums
+        if self.world.distributed:
+            sums = self.world.all_reduce_(sums.clone()) / self.world.size
+        sums = sums.tolist()
         return {k: v / max(self.count, 1) for k, v in zip(self.names, sums, strict=True)}
 
     def rate(self) -> float:
         return self.count / max(time.perf_counter() - self.started, 1e-9)
 
     def first_nonfinite(self) -> tuple[list[str], int] | None:
+        """The losses that first became non-finite and that iteration, on any process
+        (all of them call this and get the same answer), or ``None``."""
+        if self.world.distributed:
+            never = torch.full_like(self.bad, torch.iinfo(torch.int64).max)
+            earliest = self.world.all_reduce_(torch.where(self.bad == 0, never, self.bad), "min")
+            self.bad = torch.where(earliest == never, torch.zeros_like(self.bad), earliest)
         bad = self.bad.tolist()
         hits = [b for b in bad if b > 0]
         if not hits:

@@ -19,6 +19,13 @@ The contract a recipe keeps with the engine:
   where the data set has labels, and whatever else an item carries (``position``
   of a sub-volume, ``subject``, ``index``); it returns a dict of 0-d, detached
   loss tensors (no device synchronisation).
+- several processes (``torchrun``, :mod:`brainkern.train.distributed`): ``step``
+  gets this process's slice of the global batch; every per-sample random draw
+  (latents, the penalty's interpolation weights, reparameterisation noise) is
+  made for the global batch and sliced (:meth:`Recipe._latent`,
+  :meth:`Recipe._noise`, :meth:`Recipe._penalty`), and :meth:`Recipe._update`
+  averages the gradients over the processes before each optimiser step, so
+  the processes stay in step with each other and with a single process.
 - hooks around the discriminators: ``before_critic`` hooks run before every
   discriminator is called in a step (spectral-norm power iterations), and
   ``critic_input`` hooks transform every input a discriminator sees, real and
@@ -50,6 +57,7 @@ import torch
 from torch import nn
 
 from brainkern.ops import gradient_penalty
+from brainkern.train.distributed import World, reduce_gradients
 from brainkern.train.objectives import (
     LOSSES,
     discriminator_loss,
@@ -108,13 +116,16 @@ class Recipe:
         model: the model.
         train: the ``train`` section of the run configuration (``lr``, ``betas``,
             ``optim``, ``loss``, ``g_updates``, ``d_updates``, ``lambda_gp``,
-            ``lambda_rec``, ``lambda_kl``, ``amp``).
+            ``lambda_rec``, ``lambda_kl``, ``amp``, ``dtype``).
         device: where the model lives.
+        world: the processes of the run (default: this one alone); ``step`` then
+            gets ``1 / world.size`` of the global batch.
 
     Raises:
         ValueError: the model lacks a network the family needs, has a trainable
             network the recipe does not update, ``train.optim`` names a network
-            the recipe does not train, or the adversarial loss is unknown.
+            the recipe does not train, the adversarial loss is unknown, or
+            ``train.dtype`` is not float32 / float64 (float64 without autocast).
     """
 
     family = ""
@@ -124,10 +135,14 @@ class Recipe:
     # logging window, progress bar and metrics log read.
     losses: tuple[str, ...] = ()
 
-    def __init__(self, model: nn.Module, train: dict[str, Any], device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, train: dict[str, Any], device: torch.device, world: World | None = None
+    ) -> None:
         self.model = model
         self.cfg = train
         self.device = torch.device(device)
+        self.world = world or World()
+        self.dtype = train_dtype(train)
         self.loss = train.get("loss") or model.loss
         if self.loss not in LOSSES:
             raise ValueError(f"{model.name}: unknown adversarial loss {self.loss!r}; choose one of {LOSSES}")
@@ -137,9 +152,10 @@ class Recipe:
         self.lambda_rec = float(train["lambda_rec"])
         self.lambda_kl = float(train["lambda_kl"])
         amp = train.get("amp", "auto")
-        self.amp_dtype = (
-            torch.bfloat16 if (amp == "bf16" or (amp == "auto" and self.device.type == "cuda")) else None
-        )
+        if self.dtype == torch.float64 and amp == "bf16":
+            raise ValueError("train.dtype=float64 computes in double precision: it excludes train.amp=bf16")
+        auto_bf16 = amp == "auto" and self.device.type == "cuda" and self.dtype == torch.float32
+        self.amp_dtype = torch.bfloat16 if (amp == "bf16" or auto_bf16) else None
         self.hooks: dict[str, list[Callable]] = {kind: [] for kind in HOOKS}
         self.optimizers = self._build_optimizers(train)
         self._critics: dict[str, _Critic] = {}
@@ -221,17 +237,41 @@ class Recipe:
         for name in names:
             self.optimizers[name].zero_grad(set_to_none=True)
         loss.backward()
+        self._step(*names)
+
+    def _step(self, *names: str) -> None:
+        """The optimiser steps of networks ``names``, their gradients first averaged
+        over the processes (each process's loss is a mean over its slice, so the
+        average is the gradient of the global batch's loss)."""
+        for name in names:
+            reduce_gradients(self.model[name].parameters(), self.world)
         for name in names:
             self.optimizers[name].step()
 
+    def _full(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the run's dtype (out of bf16 autocast, or into float64)."""
+        return x.to(self.dtype)
+
     def _latent(self, n: int) -> torch.Tensor:
-        return self.model.sample_latent(n, device=self.device)
+        """``n`` prior codes ``(n, latent_dim)``: this process's slice of the global batch's."""
+        z = self.world.shard(self.model.sample_latent(n * self.world.size))
+        return z.to(self.device, self.dtype)
+
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like ``like`` ``(n, ...)``, drawn on its device for the
+        global batch and sliced."""
+        shape = (like.shape[0] * self.world.size, *like.shape[1:])
+        return self.world.shard(torch.randn(shape, dtype=like.dtype, device=like.device))
 
     def _penalty(
         self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         kwargs = {} if labels is None else {"labels": labels}  # passed on to the critic
-        return gradient_penalty(critic, real, fake, weight=self.lambda_gp, **kwargs)
+        # One interpolation weight per sample of the global batch, drawn as the penalty
+        # itself would (its dtype, on its device), then sliced.
+        dtype = torch.promote_types(real.dtype, fake.dtype)
+        eps = self.world.shard(torch.rand(real.shape[0] * self.world.size, dtype=dtype, device=real.device))
+        return gradient_penalty(critic, real, fake, weight=self.lambda_gp, eps=eps, **kwargs)
 
     def _critic_step(
         self,
@@ -330,7 +370,7 @@ class GANRecipe(Recipe):
         logs["loss_g"] = loss_g.detach()
         for _ in range(self.d_updates):
             with torch.no_grad(), self.autocast():
-                fake = model.generate(self._latent(n), y).float()
+                fake = self._full(model.generate(self._latent(n), y))
             logs.update(self._critic_step("discriminator", real, [fake], y))
         return logs
 
@@ -363,8 +403,8 @@ class AlphaRecipe(Recipe):
         logs.update(loss_g=adv.detach(), loss_rec=rec.detach(), loss_e=code.detach())
         # 2. the image discriminator: real against reconstructions and samples.
         with torch.no_grad(), self.autocast():
-            z_e = E(real).float()
-            x_rec, x_rand = G(z_e).float(), G(self._latent(n)).float()
+            z_e = self._full(E(real))
+            x_rec, x_rand = self._full(G(z_e)), self._full(G(self._latent(n)))
         for _ in range(self.d_updates):
             logs.update(self._critic_step("discriminator", real, [x_rec, x_rand]))
         # 3. the code discriminator: prior samples are "real", encodings "fake".
@@ -389,7 +429,7 @@ class VAEGANRecipe(Recipe):
                 self._before_critic("discriminator")
                 with self.autocast():
                     mu, logvar = E(real)
-                    z_e = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+                    z_e = mu + self._noise(mu) * (0.5 * logvar).exp()
                     x_rec, x_rand = G(z_e), G(self._latent(n))
                     adv = generator_loss(self.loss, [D(x_rec), D(x_rand)])
                     rec = l1_reconstruction(real, x_rec)
@@ -402,20 +442,34 @@ class VAEGANRecipe(Recipe):
                 # generator from reconstruction and the discriminator (Larsen et al.).
                 loss_e.backward(inputs=list(E.parameters()), retain_graph=True)
                 loss_g.backward(inputs=list(G.parameters()))
-                self.optimizers["encoder"].step()
-                self.optimizers["generator"].step()
+                self._step("encoder", "generator")
         logs.update(loss_g=adv.detach(), loss_rec=rec.detach(), loss_kl=kl.detach())
         with torch.no_grad(), self.autocast():
             mu, logvar = E(real)
-            z_e = (mu + torch.randn_like(mu) * (0.5 * logvar).exp()).float()
-            x_rec, x_rand = G(z_e).float(), G(self._latent(n)).float()
+            z_e = self._full(mu + self._noise(mu) * (0.5 * logvar).exp())
+            x_rec, x_rand = self._full(G(z_e)), self._full(G(self._latent(n)))
         for _ in range(self.d_updates):
             logs.update(self._critic_step("discriminator", real, [x_rec, x_rand]))
         return logs
 
 
-def make_recipe(model: nn.Module, train: dict[str, Any], device: torch.device | str) -> Recipe:
-    """The recipe for ``model.family``, its contract with the model checked.
+def train_dtype(train: dict[str, Any]) -> torch.dtype:
+    """The dtype of ``train.dtype`` (float32 unless set).
+
+    Raises:
+        ValueError: neither ``"float32"`` nor ``"float64"``.
+    """
+    name = train.get("dtype") or "float32"
+    if name not in ("float32", "float64"):
+        raise ValueError(f"train.dtype must be 'float32' or 'float64', got {name!r}")
+    return getattr(torch, name)
+
+
+def make_recipe(
+    model: nn.Module, train: dict[str, Any], device: torch.device | str, world: World | None = None
+) -> Recipe:
+    """The recipe for ``model.family``, its contract with the model checked
+    (``world``: the processes of the run, see :class:`Recipe`).
 
     Raises:
         ValueError: a family without a recipe, or a model that breaks the family's
@@ -427,4 +481,4 @@ def make_recipe(model: nn.Module, train: dict[str, Any], device: torch.device | 
         raise ValueError(
             f"no training recipe for model family {model.family!r}; known: {sorted(RECIPES)}"
         ) from None
-    return cls(model, train, torch.device(device))
+    return cls(model, train, torch.device(device), world)
