@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "g_updates": 2,  # generator (encoder-generator) updates per iteration
         "d_updates": 1,  # discriminator updates per iteration
         "lambda_gp": 10.0,
+        "gp_every": 1,  # lazy regularisation: the penalty every k-th critic update, scaled by k
         "lambda_rec": 10.0,
         "lambda_kl": 1.0,
         "checkpoint": False,  # gradient checkpointing of generator and discriminator blocks

@@ -336,7 +336,7 @@ class Trainer:
             "iter": self.iteration,
             "model": self.model.state_dict(),
             "model_config": self.model.config,
-            "optimizers": self.recipe.state_dict(),
+            "recipe": self.recipe.state_dict(),  # optimisers and the lazy penalty's counters
             "batches": self.batches.state_dict(),
             "rng": distributed.rng_state(self.device),
             "best": dict(self.best),
@@ -347,7 +347,7 @@ class Trainer:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
-        self.recipe.load_state_dict(ckpt["optimizers"])
+        self.recipe.load_state_dict(ckpt["recipe"] if "recipe" in ckpt else ckpt["optimizers"])
         self.batches.load_state_dict(ckpt["batches"])
         self.iteration = int(ckpt["iter"])
         self.best = dict(ckpt["best"])

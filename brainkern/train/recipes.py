@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from brainkern.ops import gradient_penalty
+from brainkern.ops.gradient_penalty import lazy_count, set_lazy_count
 from brainkern.train.distributed import World, reduce_gradients
 from brainkern.train.objectives import (
     LOSSES,
@@ -151,6 +152,9 @@ class Recipe:
         self.lambda_gp = float(train["lambda_gp"])
         self.lambda_rec = float(train["lambda_rec"])
         self.lambda_kl = float(train["lambda_kl"])
+        # Lazy regularisation: the penalty on every gp_every-th update of each critic,
+        # scaled by gp_every; its call counters are part of state_dict().
+        self.gp_every = int(train.get("gp_every", 1))
         amp = train.get("amp", "auto")
         if self.dtype == torch.float64 and amp == "bf16":
             raise ValueError("train.dtype=float64 computes in double precision: it excludes train.amp=bf16")
@@ -271,7 +275,9 @@ class Recipe:
         # itself would (its dtype, on its device), then sliced.
         dtype = torch.promote_types(real.dtype, fake.dtype)
         eps = self.world.shard(torch.rand(real.shape[0] * self.world.size, dtype=dtype, device=real.device))
-        return gradient_penalty(critic, real, fake, weight=self.lambda_gp, eps=eps, **kwargs)
+        return gradient_penalty(
+            critic, real, fake, weight=self.lambda_gp, eps=eps, every=self.gp_every, **kwargs
+        )
 
     def _critic_step(
         self,
@@ -314,14 +320,27 @@ class Recipe:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+        """The optimisers' states and the lazy penalty's call count per critic: what a
+        resumed run needs to continue exactly."""
+        return {
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "penalty_calls": {name: lazy_count(critic) for name, critic in self._critics.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        missing = set(self.optimizers) ^ set(state)
+        """Restore :meth:`state_dict` (or the optimiser-only dict of older checkpoints).
+
+        Raises:
+            KeyError: the optimiser states name other networks than this recipe trains.
+        """
+        optimizers = state.get("optimizers", state) if "penalty_calls" in state else state
+        missing = set(self.optimizers) ^ set(optimizers)
         if missing:
             raise KeyError(f"optimiser states do not match the trained networks: {sorted(missing)}")
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(state[name])
+            opt.load_state_dict(optimizers[name])
+        for name, count in state.get("penalty_calls", {}).items():
+            set_lazy_count(self.critic(name), count)
 
 
 RECIPES: dict[str, type[Recipe]] = {}

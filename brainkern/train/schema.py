@@ -81,6 +81,7 @@ TYPES: dict[tuple[str, str], Any] = {
     ("train", "g_updates"): Positive,
     ("train", "d_updates"): Positive,
     ("train", "lambda_gp"): NonNegative,
+    ("train", "gp_every"): Positive,
     ("train", "lambda_rec"): NonNegative,
     ("train", "lambda_kl"): NonNegative,
     ("train", "amp"): Literal["auto", "bf16", "off"],

@@ -105,7 +105,7 @@ def test_a_new_family_with_three_networks_is_one_recipe(scratch_registries):
     before = model.helper.fc.weight.detach().clone()
     logs = recipe.step(batch())
     assert set(logs) == {"loss_h"} and not torch.equal(before, model.helper.fc.weight)
-    assert set(recipe.state_dict()) == {"generator", "discriminator", "helper"}
+    assert set(recipe.state_dict()["optimizers"]) == {"generator", "discriminator", "helper"}
 
 
 def test_a_trainable_network_without_optimiser_is_an_error_at_start():

@@ -113,9 +113,9 @@ def assert_same_state(a: dict, b: dict) -> None:
             close(x, b["model"][name], WEIGHT_TOL, name)
         else:
             assert torch.equal(x, b["model"][name]), name  # num_batches_tracked
-    for net, opt in a["optimizers"].items():
+    for net, opt in a["recipe"]["optimizers"].items():
         for key, state in opt["state"].items():
-            other = b["optimizers"][net]["state"][key]
+            other = b["recipe"]["optimizers"][net]["state"][key]
             assert torch.equal(state["step"], other["step"])
             for moment in ("exp_avg", "exp_avg_sq"):
                 close(state[moment], other[moment], MOMENT_TOL, f"{net} {key} {moment}")

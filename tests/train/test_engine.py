@@ -378,3 +378,21 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["resumed_from_iter"] == 0 and info["resumes"][0]["resumed_from_iter"] == state["iter"]
     assert info["versions"]["torch"] == torch.__version__ and info["seed"] == 0
+
+
+def test_lazy_penalty_resumes_exactly(tmp_path):
+    """train.gp_every > 1: the penalty's call counters are part of a checkpoint."""
+    whole = Trainer(tiny(gp_every=2), tmp_path / "whole", progress=False, log=None)
+    whole.fit()
+    Trainer(tiny(gp_every=2, iters=3), tmp_path / "split", progress=False, log=None).fit()
+    second = Trainer(tiny(gp_every=2), tmp_path / "split", resume=True, progress=False, log=None)
+    second.fit()
+    state = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["recipe"]["penalty_calls"] == {"discriminator": 12, "code_discriminator": 6}
+    for (name, a), (_, b) in zip(
+        whole.model.state_dict().items(), second.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    # The code discriminator is penalised once per iteration: skipped and applied alternate.
+    gps = [r["gp_c"] for r in _metrics(tmp_path / "whole") if "gp_c" in r]
+    assert gps[0::2] == [0.0] * 3 and all(g > 0 for g in gps[1::2]), gps
