@@ -12,6 +12,21 @@ module, always available), ``cpu`` (C++ in ``brainkern._C``), ``cuda`` (CUDA in
 - automatic otherwise: the op's preference order for the input's device
   (by default ``cuda, triton, reference`` on a GPU and ``cpu, reference`` on the
   CPU), taking the first backend that is available and accepts the input.
+
+The choice reads a context variable and the environment, which ``torch.compile``
+must not trace (it would bake one answer into the graph). So each op runs its
+dispatch inside a ``torch.library.custom_op``, opaque to the compiler, at run
+time. Such an op takes a backend code (:data:`AUTO` to choose, else an index into
+:data:`BACKENDS`) and returns, beside its tensors, the code of the backend that
+ran; the op's backward passes that code on, so the backward runs on the
+forward's backend (also on the autograd engine's own threads, which do not see
+the caller's context). In a traced graph the returned code is an unbacked
+symbolic int (:func:`fake_backend_code`): the compiled backward receives, at run
+time, the code the compiled forward's op returned.
+
+The compiled extension's ops (``torch.ops.brainkern.*``) get their fake (meta)
+kernels, for tracing, from the op modules through :func:`extension_fake`; they
+are registered when the extension is first loaded (:func:`backends` loads it).
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ import contextlib
 import contextvars
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -28,6 +44,8 @@ from brainkern import _ext
 
 BACKENDS: tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
 ENV_VAR = "BRAINKERN_BACKEND"
+# The backend code that asks an op to choose (any other code is an index into BACKENDS).
+AUTO = -1
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("brainkern_backend", default=None)
 
@@ -70,12 +88,64 @@ def _triton_status() -> bool | str:
 
 def backends() -> dict[str, bool | str]:
     """Each backend's availability here: ``{name: True | "reason it is not available"}``."""
+    cpu = _ext.extension_status()
+    if cpu is True and _pending_fakes:
+        _register_extension_fakes()
     return {
         "reference": True,
-        "cpu": _ext.extension_status(),
+        "cpu": cpu,
         "cuda": _ext.cuda_status(),
         "triton": _triton_status(),
     }
+
+
+# --------------------------------------------------------------------------- tracing
+
+# Fake kernels of the extension's ops, waiting for the extension to be loaded: torch
+# registers a fake kernel only for an op that exists, and importing brainkern must not
+# load the extension (see brainkern._ext).
+_pending_fakes: dict[str, Callable] = {}
+
+
+def extension_fake(name: str) -> Callable[[Callable], Callable]:
+    """Declare ``fn`` the fake (meta) kernel of the extension's op ``torch.ops.brainkern.<name>``.
+
+    The kernel is registered with :func:`torch.library.register_fake` once the
+    extension is loaded (at once if it already is). It must give the outputs'
+    shapes, dtypes and strides exactly as the C++ kernels do.
+    """
+
+    def declare(fn: Callable) -> Callable:
+        _pending_fakes[name] = fn
+        # Only an extension that is already loaded: declaring must not load it.
+        if "brainkern._C" in sys.modules and _ext.extension_status() is True:
+            _register_extension_fakes()
+        return fn
+
+    return declare
+
+
+def _register_extension_fakes() -> None:
+    while _pending_fakes:
+        name, fn = _pending_fakes.popitem()
+        if not hasattr(torch.ops.brainkern, name):
+            continue  # an older build without this op: _ext.op() says so when it is called
+        torch.library.register_fake(f"brainkern::{name}", fn)
+
+
+def fake_backend_code(count: int = len(BACKENDS)) -> int | torch.SymInt:
+    """The backend code a custom op returns while it is traced (inside its fake kernel).
+
+    Which backend runs is decided at run time, so in a graph the code is an unbacked
+    symbolic int in ``[0, count)``: the graph carries the forward's run-time code to
+    the backward. Without a shape environment to make one in (a bare
+    ``FakeTensorMode``, meta tensors) it is :data:`AUTO`: such a trace's backward
+    chooses its backend for itself.
+    """
+    try:
+        return torch.library.get_ctx().new_dynamic_size(min=0, max=count - 1)
+    except RuntimeError:  # meta tensors (no fake context) or no shape environment
+        return AUTO
 
 
 def forced_backend() -> str | None:
@@ -181,6 +251,17 @@ class OpDispatch:
             if self.reason(backend, device, *args, **kwargs) is None:
                 return backend
         raise BackendError(self._report("no backend fits", device, *args, **kwargs))
+
+    def select_code(self, code: int, device: torch.device, *args, **kwargs) -> str:
+        """:meth:`select` for :data:`AUTO`, else backend ``BACKENDS[code]`` as if it were forced.
+
+        Raises:
+            BackendError: that backend cannot run the call.
+        """
+        if code == AUTO:
+            return self.select(device, *args, **kwargs)
+        with use_backend(BACKENDS[code]):
+            return self.select(device, *args, **kwargs)
 
     def _report(self, headline: str, device: torch.device, *args, **kwargs) -> str:
         lines = [f"brainkern.ops.{self.op}: {headline}, but it cannot run this input on {device}:"]

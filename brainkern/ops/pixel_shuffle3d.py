@@ -28,8 +28,16 @@ Backends, automatic order:
   both), 0.18 vs 0.37 ms for r = 3 (see ``benchmarks/bench_pixel_shuffle3d.py``).
 
 Autograd: the gradient of a shuffle is the unshuffle of the incoming gradient
-(and the reverse), computed by calling the other public op on the same backend,
-so double and higher derivatives work on every backend.
+(and the reverse), computed by the other op on the forward's backend, so double
+and higher derivatives work on every backend.
+
+``torch.compile``: each direction is a ``torch.library.custom_op``
+(``brainkern::pixel_shuffle3d_dispatch``, ``brainkern::pixel_unshuffle3d_dispatch``)
+that chooses its backend when it runs and returns the backend's code for the
+backward (see :mod:`brainkern.ops._backend`); the compiler sees only the fake
+kernels, which give the output's shape. The extension's own ops
+(``torch.ops.brainkern.pixel_shuffle3d`` / ``pixel_unshuffle3d``) have C++ meta
+kernels.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import operator
 import torch
 
 from brainkern import _ext
-from brainkern.ops._backend import OpDispatch, use_backend
+from brainkern.ops._backend import AUTO, BACKENDS, OpDispatch, fake_backend_code
 
 __all__ = [
     "pixel_shuffle3d",
@@ -190,9 +198,7 @@ def _reference_copy(x: torch.Tensor, r: int, shuffle: bool) -> torch.Tensor:
 
 
 def _run(backend: str, x: torch.Tensor, r: int, shuffle: bool) -> torch.Tensor:
-    """Run one backend's forward kernel (no autograd); always a new contiguous tensor."""
-    if backend == "reference":
-        return _reference_copy(x, r, shuffle)
+    """Run a fast backend's forward kernel (no autograd); always a new contiguous tensor."""
     if backend in ("cpu", "cuda"):
         return _ext.op("pixel_shuffle3d" if shuffle else "pixel_unshuffle3d")(x, r)
     if backend == "triton":
@@ -202,30 +208,55 @@ def _run(backend: str, x: torch.Tensor, r: int, shuffle: bool) -> torch.Tensor:
     raise AssertionError(f"unknown backend {backend!r}")
 
 
-class _PixelShuffle3dFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, r: int, backend: str) -> torch.Tensor:
-        ctx.r, ctx.backend = r, backend
-        return _run(backend, x, r, shuffle=True)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        # The adjoint of a permutation is its inverse; going through the public op keeps
-        # the backward differentiable (double backward) and on the forward's backend.
-        with use_backend(ctx.backend):
-            return pixel_unshuffle3d(grad, ctx.r), None, None
+def _dispatch(x: torch.Tensor, r: int, backend: int, shuffle: bool) -> tuple[torch.Tensor, int]:
+    """The op on the chosen backend (``AUTO``) or on ``BACKENDS[backend]``; returns its code too."""
+    dispatch = _SHUFFLE_DISPATCH if shuffle else _UNSHUFFLE_DISPATCH
+    name = dispatch.select_code(backend, x.device, x, r)
+    y = _reference_copy(x, r, shuffle) if name == "reference" else _run(name, x, r, shuffle)
+    return y, BACKENDS.index(name)
 
 
-class _PixelUnshuffle3dFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, r: int, backend: str) -> torch.Tensor:
-        ctx.r, ctx.backend = r, backend
-        return _run(backend, x, r, shuffle=False)
+# The ops the compiler sees: opaque, so the backend is chosen when the graph runs.
+@torch.library.custom_op("brainkern::pixel_shuffle3d_dispatch", mutates_args=())
+def _shuffle_op(x: torch.Tensor, r: int, backend: int) -> tuple[torch.Tensor, int]:
+    """``(N, C*r^3, D, H, W) -> (N, C, rD, rH, rW)`` on backend code ``backend``, and the code that ran."""
+    return _dispatch(x, r, backend, shuffle=True)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        with use_backend(ctx.backend):
-            return pixel_shuffle3d(grad, ctx.r), None, None
+
+@torch.library.custom_op("brainkern::pixel_unshuffle3d_dispatch", mutates_args=())
+def _unshuffle_op(x: torch.Tensor, r: int, backend: int) -> tuple[torch.Tensor, int]:
+    """``(N, C, rD, rH, rW) -> (N, C*r^3, D, H, W)`` on backend code ``backend``, and the code that ran."""
+    return _dispatch(x, r, backend, shuffle=False)
+
+
+@_shuffle_op.register_fake
+def _shuffle_fake(x, r, backend):
+    n, c, d, h, w = x.shape
+    return x.new_empty((n, c // (r * r * r), d * r, h * r, w * r)), fake_backend_code()
+
+
+@_unshuffle_op.register_fake
+def _unshuffle_fake(x, r, backend):
+    n, c, d, h, w = x.shape
+    return x.new_empty((n, c * r * r * r, d // r, h // r, w // r)), fake_backend_code()
+
+
+def _save_factor_and_backend(ctx, inputs, output) -> None:
+    ctx.r, ctx.backend = inputs[1], output[1]
+
+
+def _shuffle_backward(ctx, grad: torch.Tensor, _code):
+    # The adjoint of a permutation is its inverse. Through the other custom op, on the
+    # forward's backend: differentiable again (any order of derivative).
+    return _unshuffle_op(grad, ctx.r, ctx.backend)[0], None, None
+
+
+def _unshuffle_backward(ctx, grad: torch.Tensor, _code):
+    return _shuffle_op(grad, ctx.r, ctx.backend)[0], None, None
+
+
+_shuffle_op.register_autograd(_shuffle_backward, setup_context=_save_factor_and_backend)
+_unshuffle_op.register_autograd(_unshuffle_backward, setup_context=_save_factor_and_backend)
 
 
 def pixel_shuffle3d(x: torch.Tensor, upscale_factor: int) -> torch.Tensor:
@@ -254,11 +285,7 @@ def pixel_shuffle3d(x: torch.Tensor, upscale_factor: int) -> torch.Tensor:
         BackendError: a forced backend cannot run the input.
     """
     r = _check_shuffle(x, upscale_factor)
-    backend = _SHUFFLE_DISPATCH.select(x.device, x, r)
-    if backend == "reference" and torch.is_grad_enabled() and x.requires_grad:
-        # Plain torch autograd through reshape/permute is already differentiable to any order.
-        return _reference_copy(x, r, shuffle=True)
-    return _PixelShuffle3dFn.apply(x, r, backend)
+    return _shuffle_op(x, r, AUTO)[0]
 
 
 def pixel_unshuffle3d(x: torch.Tensor, downscale_factor: int) -> torch.Tensor:
@@ -283,7 +310,4 @@ def pixel_unshuffle3d(x: torch.Tensor, downscale_factor: int) -> torch.Tensor:
         BackendError: a forced backend cannot run the input.
     """
     r = _check_unshuffle(x, downscale_factor)
-    backend = _UNSHUFFLE_DISPATCH.select(x.device, x, r)
-    if backend == "reference" and torch.is_grad_enabled() and x.requires_grad:
-        return _reference_copy(x, r, shuffle=False)
-    return _PixelUnshuffle3dFn.apply(x, r, backend)
+    return _unshuffle_op(x, r, AUTO)[0]
