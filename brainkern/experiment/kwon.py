@@ -28,11 +28,11 @@ import torch
 from brainkern.evaluate.generation import format_table, generation_table, matched_noise
 from brainkern.train.data import (
     data_source,
+    evaluation_indices,
     load_dataset,
     make_split,
     read_records,
     real_volumes,
-    training_indices,
 )
 from brainkern.train.engine import Callback, Trainer, build_run_model, load_run
 
@@ -141,24 +141,6 @@ def evaluate_run(
         n_real=len(indices),
     )
     return rows, write_report(run_dir, rows, info)
-
-
-def evaluation_indices(dataset, classes: list[str] | None, split: dict[str, Any] | None) -> tuple[Any, str]:
-    """The real volumes a run's samples are compared with, and a line saying which.
-
-    The rule of :meth:`brainkern.train.engine.Trainer.evaluation_indices`, for a
-    run evaluated after the fact: the split's held-out part (``test``, else
-    ``val``) of ``classes``, else the training volumes.
-    """
-    for part in ("test", "val"):
-        held_out = (split or {}).get("parts", {}).get(part)
-        if held_out:
-            # training_indices applies data.classes to whichever part it is given.
-            idx = training_indices(dataset, classes, {"parts": {"train": held_out}})
-            if len(idx):
-                return idx, f"held-out {part} volumes ({len(idx)}, subjects not trained on)"
-    idx = training_indices(dataset, classes, split)
-    return idx, f"training volumes ({len(idx)}; the run has no held-out part)"
 
 
 def report_info(
