@@ -27,6 +27,11 @@ import torch.nn.functional as F
 LOSSES = ("wgan-gp", "standard", "hinge")
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision outputs (autocast) in float32 for the reductions; float64 stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _check(loss: str) -> None:
     if loss not in LOSSES:
         raise ValueError(f"unknown adversarial loss {loss!r}; choose one of {LOSSES}")
@@ -48,10 +53,10 @@ def discriminator_loss(loss: str, real: torch.Tensor, fakes: Sequence[torch.Tens
         raise ValueError("discriminator_loss needs at least one fake set")
     k = len(fakes)
     if loss == "wgan-gp":
-        return sum(f.float().mean() for f in fakes) - k * real.float().mean()
+        return sum(_wide(f).mean() for f in fakes) - k * _wide(real).mean()
     if loss == "standard":
-        return k * F.softplus(-real.float()).mean() + sum(F.softplus(f.float()).mean() for f in fakes)
-    return k * F.relu(1 - real.float()).mean() + sum(F.relu(1 + f.float()).mean() for f in fakes)
+        return k * F.softplus(-_wide(real)).mean() + sum(F.softplus(_wide(f)).mean() for f in fakes)
+    return k * F.relu(1 - _wide(real)).mean() + sum(F.relu(1 + _wide(f)).mean() for f in fakes)
 
 
 def generator_loss(loss: str, fakes: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -64,18 +69,18 @@ def generator_loss(loss: str, fakes: Sequence[torch.Tensor]) -> torch.Tensor:
     if not fakes:
         raise ValueError("generator_loss needs at least one fake set")
     if loss == "standard":
-        return sum(F.softplus(-f.float()).mean() for f in fakes)
+        return sum(F.softplus(-_wide(f)).mean() for f in fakes)
     # WGAN and hinge generators both maximise the critic's value of their samples.
-    return -sum(f.float().mean() for f in fakes)
+    return -sum(_wide(f).mean() for f in fakes)
 
 
 def l1_reconstruction(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     """Mean absolute error between volumes and their reconstructions (Kwon et al. eq. 2)."""
-    return (x.float() - x_rec.float()).abs().mean()
+    return (_wide(x) - _wide(x_rec)).abs().mean()
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """``KL(N(mu, exp(logvar)) || N(0, I))``, summed over latent dimensions and
     averaged over the batch; ``mu``, ``logvar`` of shape ``(N, L)``."""
-    mu, logvar = mu.float(), logvar.float()
+    mu, logvar = _wide(mu), _wide(logvar)
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1).mean()

@@ -25,17 +25,17 @@ def test_wgan_matches_kwon_eq1(outputs):
     real, (rec, rand) = outputs
     # Kwon et al. eq. 1 without the penalty: E[D(G(z_e))] + E[D(G(z_r))] - 2 E[D(x)].
     expected = rec.mean() + rand.mean() - 2 * real.mean()
-    assert torch.allclose(discriminator_loss("wgan-gp", real, [rec, rand]), expected.float())
-    assert torch.allclose(generator_loss("wgan-gp", [rec, rand]), -(rec.mean() + rand.mean()).float())
+    assert torch.allclose(discriminator_loss("wgan-gp", real, [rec, rand]), expected)
+    assert torch.allclose(generator_loss("wgan-gp", [rec, rand]), -(rec.mean() + rand.mean()))
 
 
 def test_standard_is_binary_cross_entropy(outputs):
     real, fakes = outputs
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     expected = sum(bce(real, torch.ones_like(real)) + bce(f, torch.zeros_like(f)) for f in fakes)
-    assert torch.allclose(discriminator_loss("standard", real, fakes), expected.float(), atol=1e-6)
+    assert torch.allclose(discriminator_loss("standard", real, fakes), expected, atol=1e-12)
     expected_g = sum(bce(f, torch.ones_like(f)) for f in fakes)
-    assert torch.allclose(generator_loss("standard", fakes), expected_g.float(), atol=1e-6)
+    assert torch.allclose(generator_loss("standard", fakes), expected_g, atol=1e-12)
 
 
 def test_standard_is_finite_for_large_logits():
@@ -47,8 +47,8 @@ def test_standard_is_finite_for_large_logits():
 def test_hinge(outputs):
     real, fakes = outputs
     expected = sum(torch.relu(1 - real).mean() + torch.relu(1 + f).mean() for f in fakes)
-    assert torch.allclose(discriminator_loss("hinge", real, fakes), expected.float())
-    assert torch.allclose(generator_loss("hinge", fakes), -sum(f.mean() for f in fakes).float())
+    assert torch.allclose(discriminator_loss("hinge", real, fakes), expected)
+    assert torch.allclose(generator_loss("hinge", fakes), -sum(f.mean() for f in fakes))
 
 
 def test_l1_and_kl():
@@ -68,3 +68,14 @@ def test_errors(outputs):
         discriminator_loss("hinge", real, [])
     with pytest.raises(ValueError, match="at least one fake"):
         generator_loss("standard", [])
+
+
+def test_float64_losses_stay_float64_and_half_ones_widen():
+    from brainkern.train.objectives import discriminator_loss, generator_loss, l1_reconstruction
+
+    d = torch.randn(4, 1, dtype=torch.float64)
+    for loss in ("wgan-gp", "standard", "hinge"):
+        assert discriminator_loss(loss, d, [d]).dtype == torch.float64
+        assert generator_loss(loss, [d]).dtype == torch.float64
+    assert generator_loss("standard", [d.bfloat16()]).dtype == torch.float32
+    assert l1_reconstruction(d, d * 2).dtype == torch.float64
