@@ -17,6 +17,13 @@ so the context matters for this op, whose backward is a Python function, and for
 code that calls ``.backward()`` or asks for several inputs at once.
 ``brainkern.ops.gradient_penalty`` enters the context around its first backward,
 so a discriminator built with :class:`brainkern.nn.Conv3d` gets it for free.
+``torch.compile``: the convolution and its backward are ``torch.library`` custom ops
+(``brainkern::conv3d_gradfix``, ``brainkern::conv3d_gradfix_backward``), so the
+switch is read when the backward runs, never frozen into a traced graph. In eager
+mode skipped gradients are ``None`` (a parameter receives nothing); a compiled
+backward cannot know in advance, and its skipped gradients are zeros. (A compiled
+graph cannot be differentiated twice, so a penalty's first backward, the case the
+switch is for, runs eagerly anyway.)
 """
 
 from __future__ import annotations
@@ -75,51 +82,140 @@ def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     return value  # type: ignore[return-value]
 
 
-class _Conv3dGradfix(torch.autograd.Function):
-    """``F.conv3d`` whose backward honours :func:`no_weight_gradients`.
+def _conv(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
 
-    The backward calls ``aten.convolution_backward`` (cuDNN / oneDNN underneath),
-    which autograd knows how to differentiate again, so gradients of gradients
-    w.r.t. the input, the weight and the upstream gradient are all exact.
+
+# The op the compiler sees: opaque, so whether weight gradients are skipped is read
+# when the backward runs, not when the graph is traced.
+@torch.library.custom_op("brainkern::conv3d_gradfix", mutates_args=())
+def _conv_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """``F.conv3d`` of (N, C_in, D, H, W) with (C_out, C_in / groups, kD, kH, kW): (N, C_out, D', H', W')."""
+    return _conv(x, weight, bias, stride, padding, dilation, groups)
+
+
+_conv_op.register_fake(_conv)  # ATen's meta kernels give the shapes and strides
+
+
+def _grads(grad_out, x, weight, stride, padding, dilation, groups, needs) -> tuple:
+    """``aten.convolution_backward``: (grad_x, grad_weight, grad_bias), ``None`` where not asked for."""
+    return torch.ops.aten.convolution_backward(
+        grad_out,
+        x,
+        weight,
+        [weight.shape[0]] if needs[2] else None,
+        stride,
+        padding,
+        dilation,
+        False,
+        [0, 0, 0],
+        groups,
+        list(needs),
+    )
+
+
+def _filled(x: torch.Tensor, grads: tuple) -> tuple[torch.Tensor, ...]:
+    # A custom op returns tensors: an empty one (each its own: outputs may not alias) for None.
+    return tuple(x.new_empty(0) if g is None else g for g in grads)
+
+
+@torch.library.custom_op("brainkern::conv3d_gradfix_backward", mutates_args=())
+def _conv_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight, grad_bias) of the convolution; empty (0,) where not asked for.
+
+    Inside :func:`no_weight_gradients` (read now, when the backward runs) the weight
+    and bias gradients asked for are zeros, and no convolution computes them.
     """
+    if weight_gradients_disabled():
+        gx, _, _ = _grads(grad_out, x, weight, stride, padding, dilation, groups, (need_x, False, False))
+        gw = torch.zeros_like(weight) if need_weight else None
+        gb = weight.new_zeros(weight.shape[0]) if need_bias else None
+    else:
+        needs = (need_x, need_weight, need_bias)
+        gx, gw, gb = _grads(grad_out, x, weight, stride, padding, dilation, groups, needs)
+    return _filled(x, (gx, gw, gb))
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, dilation, groups, None if bias is None else bias.shape)
-        return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups, bias_shape = ctx.conf
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if weight_gradients_disabled():
-            need_w = need_b = False
-        if not (need_x or need_w or need_b):
-            return (None,) * 7
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out,
-            x,
-            weight,
-            None if bias_shape is None else list(bias_shape),
-            list(stride),
-            list(padding),
-            list(dilation),
-            False,
-            [0, 0, 0],
-            groups,
-            [need_x, need_w, need_b and bias_shape is not None],
-        )
-        return (
-            grad_x if need_x else None,
-            grad_w if need_w else None,
-            grad_b if need_b and bias_shape is not None else None,
-            None,
-            None,
-            None,
-            None,
-        )
+@_conv_backward_op.register_fake
+def _conv_backward_fake(
+    grad_out, x, weight, stride, padding, dilation, groups, need_x, need_weight, need_bias
+):
+    needs = (need_x, need_weight, need_bias)
+    return _filled(x, _grads(grad_out, x, weight, stride, padding, dilation, groups, needs))
+
+
+def _conv_setup(ctx, inputs, output) -> None:
+    x, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.conf = (stride, padding, dilation, groups, bias is not None)
+
+
+def _conv_backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    stride, padding, dilation, groups, has_bias = ctx.conf
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and has_bias
+    if weight_gradients_disabled() and not torch.compiler.is_compiling():
+        # Eager: skipped outright, so the parameters receive no gradient at all. A traced
+        # backward cannot know this yet: there the op reads the switch and gives zeros.
+        need_w = need_b = False
+    if not (need_x or need_w or need_b):
+        return (None,) * 7
+    gx, gw, gb = _conv_backward_op(
+        grad_out, x, weight, stride, padding, dilation, groups, need_x, need_w, need_b
+    )
+    return (gx if need_x else None, gw if need_w else None, gb if need_b else None, None, None, None, None)
+
+
+def _conv_backward_setup(ctx, inputs, output) -> None:
+    grad_out, x, weight, stride, padding, dilation, groups, need_x, need_w, need_b = inputs
+    ctx.save_for_backward(grad_out, x, weight)
+    ctx.conf = (stride, padding, dilation, groups, need_x, need_w, need_b)
+
+
+def _conv_backward_backward(ctx, gg_x, gg_w, gg_b):
+    """The backward is bilinear in (grad_out, x) and (grad_out, weight); its own backward, in
+    differentiable torch ops, is exact to any order and gives the second backward every
+    weight gradient (through grad_x's dependence on the weight)."""
+    grad_out, x, weight = ctx.saved_tensors
+    stride, padding, dilation, groups, need_x, need_w, need_b = ctx.conf
+    d_grad_out = d_x = d_w = None
+    if ctx.needs_input_grad[0]:
+        d_grad_out = torch.zeros_like(grad_out)
+        if need_x:  # grad_x is the transposed convolution of grad_out: its adjoint convolves
+            d_grad_out = d_grad_out + _conv(gg_x, weight, None, stride, padding, dilation, groups)
+        if need_w:
+            d_grad_out = d_grad_out + _conv(x, gg_w, None, stride, padding, dilation, groups)
+        if need_b:
+            d_grad_out = d_grad_out + gg_b.reshape(1, -1, 1, 1, 1)
+    if ctx.needs_input_grad[1] and need_w:
+        d_x = _grads(grad_out, x, gg_w, stride, padding, dilation, groups, (True, False, False))[0]
+    if ctx.needs_input_grad[2] and need_x:
+        d_w = _grads(grad_out, gg_x, weight, stride, padding, dilation, groups, (False, True, False))[1]
+    return (d_grad_out, d_x, d_w) + (None,) * 7
+
+
+_conv_op.register_autograd(_conv_backward, setup_context=_conv_setup)
+_conv_backward_op.register_autograd(_conv_backward_backward, setup_context=_conv_backward_setup)
 
 
 def conv3d_gradfix(
@@ -183,5 +279,5 @@ def conv3d_gradfix(
     if unbatched:
         input = input.unsqueeze(0)
     with torch.autocast(device_type, enabled=False):
-        out = _Conv3dGradfix.apply(input, weight, bias, stride_t, padding_t, dilation_t, groups)
+        out = _conv_op(input, weight, bias, list(stride_t), list(padding_t), list(dilation_t), groups)
     return out.squeeze(0) if unbatched else out

@@ -30,6 +30,13 @@ is built from host data, so a training step never waits here
 (``tests/test_host_sync.py``).
 :func:`gradient_penalty_reference` is the plain ``torch.autograd.grad`` form and
 the test oracle.
+
+``torch.compile``: :func:`interpolate` and :func:`norm_penalty` (with their
+backwards) are ``torch.library`` custom ops that choose their backend when they run
+(see :mod:`brainkern.ops._backend`), so both trace with ``fullgraph=True``.
+:func:`gradient_penalty` itself calls ``torch.autograd.grad`` and differentiates
+the discriminator twice, which torch 2.13's compiled graphs do not support: the
+penalty, and the discriminator it is given, run eagerly.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from collections.abc import Callable
 import torch
 
 from brainkern import _ext
-from brainkern.ops._backend import OpDispatch
+from brainkern.ops._backend import AUTO, BACKENDS, OpDispatch, extension_fake, fake_backend_code
 from brainkern.ops.conv3d_gradfix import no_weight_gradients
 
 __all__ = [
@@ -216,8 +223,8 @@ def _fused_checks(*tensors: torch.Tensor) -> str | None:
     return None
 
 
-def _interp_check(real, fake, eps) -> str | None:
-    if eps.requires_grad:
+def _interp_check(real, fake, eps, eps_requires_grad) -> str | None:
+    if eps_requires_grad:
         return "eps requires grad (only the reference differentiates with respect to eps)"
     return _fused_checks(real)
 
@@ -245,13 +252,17 @@ _INTERP_DISPATCH = OpDispatch(
     checks={
         "cpu": _interp_check,
         "cuda": _interp_check,
-        "triton": lambda real, fake, eps: _triton_batch(real) or _interp_check(real, fake, eps),
+        "triton": lambda real, fake, eps, eps_grad: (
+            _triton_batch(real) or _interp_check(real, fake, eps, eps_grad)
+        ),
     },
     order=_interp_order,
 )
 
 
 def _interp_kernel(backend: str, real, fake, eps) -> torch.Tensor:
+    if backend == "reference":
+        return _interp_reference(real, fake, eps).contiguous()
     if backend == "triton":
         from brainkern.kernels import gradient_penalty as tk  # noqa: PLC0415
 
@@ -260,6 +271,9 @@ def _interp_kernel(backend: str, real, fake, eps) -> torch.Tensor:
 
 
 def _interp_backward_kernel(backend: str, g, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "reference":
+        e = _per_sample(eps, g)
+        return g * e, g * (1 - e)
     if backend == "triton":
         from brainkern.kernels import gradient_penalty as tk  # noqa: PLC0415
 
@@ -267,42 +281,93 @@ def _interp_backward_kernel(backend: str, g, eps) -> tuple[torch.Tensor, torch.T
     return _ext.op("gradient_penalty_interp_backward")(g, eps)
 
 
-class _Interpolate(torch.autograd.Function):
-    """x_hat = eps * real + (1 - eps) * fake in one pass; eps (B,) is a constant."""
-
-    @staticmethod
-    def forward(ctx, real, fake, eps, backend):
-        ctx.backend = backend
-        ctx.save_for_backward(eps)
-        return _interp_kernel(backend, real.contiguous(), fake.contiguous(), eps.contiguous())
-
-    @staticmethod
-    def backward(ctx, g):
-        (eps,) = ctx.saved_tensors
-        need_real, need_fake = ctx.needs_input_grad[:2]
-        grad_real = grad_fake = None
-        if need_real and need_fake:
-            grad_real, grad_fake = _InterpolateBackward.apply(g, eps, ctx.backend)
-        elif need_real:
-            grad_real = g * _per_sample(eps, g)  # a single broadcast pass already
-        elif need_fake:
-            grad_fake = g * _per_sample(1 - eps, g)
-        return grad_real, grad_fake, None, None
+def _interp_dtype(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.dtype:
+    # The reference's type promotion; the kernels take one dtype, so it is theirs too.
+    return torch.promote_types(torch.promote_types(eps.dtype, real.dtype), fake.dtype)
 
 
-class _InterpolateBackward(torch.autograd.Function):
-    """(eps * g, (1 - eps) * g) in one pass. Its own backward is the interpolation again."""
+# The ops the compiler sees (opaque: the backend is chosen when the graph runs). Each
+# returns the code of the backend that ran, which the backward passes on.
+@torch.library.custom_op("brainkern::gradient_penalty_interpolate", mutates_args=())
+def _interp_op(
+    real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor, eps_requires_grad: bool, backend: int
+) -> tuple[torch.Tensor, int]:
+    """x_hat = eps * real + (1 - eps) * fake (B, ...), contiguous, and the backend's code.
 
-    @staticmethod
-    def forward(ctx, g, eps, backend):
-        ctx.backend = backend
-        ctx.save_for_backward(eps)
-        return _interp_backward_kernel(backend, g.contiguous(), eps)
+    ``eps_requires_grad`` is a dispatch input (the kernels decline then): the op
+    itself runs below autograd, where ``eps.requires_grad`` says nothing.
+    """
+    name = _INTERP_DISPATCH.select_code(backend, real.device, real, fake, eps, eps_requires_grad)
+    out = _interp_kernel(name, real.contiguous(), fake.contiguous(), eps.contiguous())
+    return out, BACKENDS.index(name)
 
-    @staticmethod
-    def backward(ctx, gg_real, gg_fake):
-        (eps,) = ctx.saved_tensors
-        return _Interpolate.apply(gg_real, gg_fake, eps, ctx.backend), None, None
+
+@_interp_op.register_fake
+def _interp_fake(real, fake, eps, eps_requires_grad, backend):
+    return real.new_empty(real.shape, dtype=_interp_dtype(real, fake, eps)), fake_backend_code()
+
+
+@torch.library.custom_op("brainkern::gradient_penalty_interpolate_backward", mutates_args=())
+def _interp_backward_op(
+    g: torch.Tensor, eps: torch.Tensor, backend: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps * g, (1 - eps) * g), both (B, ...) contiguous, on the forward's backend (code)."""
+    g, eps = g.contiguous(), eps.contiguous()
+    name = _INTERP_DISPATCH.select(g.device, g, g, eps, False) if backend == AUTO else BACKENDS[backend]
+    return _interp_backward_kernel(name, g, eps)
+
+
+@_interp_backward_op.register_fake
+def _interp_backward_fake(g, eps, backend):
+    return g.new_empty(g.shape), g.new_empty(g.shape)
+
+
+def _sample_sums(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).sum(1)
+
+
+def _interp_setup(ctx, inputs, output) -> None:
+    real, fake, eps, _, _ = inputs
+    ctx.backend = output[1]
+    # real - fake only for a gradient with respect to eps (the reference's case).
+    ctx.save_for_backward(eps, *((real, fake) if ctx.needs_input_grad[2] else ()))
+
+
+def _interp_backward(ctx, g, _code):
+    eps, *pair = ctx.saved_tensors
+    need_real, need_fake, need_eps = ctx.needs_input_grad[:3]
+    grad_real = grad_fake = grad_eps = None
+    if need_real and need_fake:
+        grad_real, grad_fake = _interp_backward_op(g, eps, ctx.backend)
+    elif need_real:
+        grad_real = g * _per_sample(eps, g)  # a single broadcast pass already
+    elif need_fake:
+        grad_fake = g * _per_sample(1 - eps, g)
+    if need_eps:
+        real, fake = pair
+        grad_eps = _sample_sums(g * (real - fake)).to(eps.dtype)
+    return grad_real, grad_fake, grad_eps, None, None
+
+
+def _interp_backward_setup(ctx, inputs, output) -> None:
+    g, eps, backend = inputs
+    ctx.backend = backend
+    ctx.save_for_backward(g, eps)
+
+
+def _interp_backward_backward(ctx, gg_real, gg_fake):
+    # The interpolation's backward is linear in g: its own backward is the interpolation.
+    g, eps = ctx.saved_tensors
+    grad_g = grad_eps = None
+    if ctx.needs_input_grad[0]:
+        grad_g = _interp_op(gg_real, gg_fake, eps, False, ctx.backend)[0]
+    if ctx.needs_input_grad[1]:
+        grad_eps = _sample_sums((gg_real - gg_fake) * g).to(eps.dtype)
+    return grad_g, grad_eps, None
+
+
+_interp_op.register_autograd(_interp_backward, setup_context=_interp_setup)
+_interp_backward_op.register_autograd(_interp_backward_backward, setup_context=_interp_backward_setup)
 
 
 def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -316,10 +381,7 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor) -> to
         (B, ...), contiguous; differentiable w.r.t. ``real`` and ``fake`` (to any order)
         and, through the reference backend, w.r.t. ``eps``.
     """
-    backend = _INTERP_DISPATCH.select(real.device, real, fake, eps)
-    if backend == "reference":
-        return _interp_reference(real, fake, eps)
-    return _Interpolate.apply(real, fake, eps, backend)
+    return _interp_op(real, fake, eps, eps.requires_grad, AUTO)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -340,7 +402,15 @@ def _norm_penalty_reference(grad: torch.Tensor, weight: float, center: float, mo
     return weight * _terms_reference(norms, center, mode).mean()
 
 
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    # The kernels accumulate (and return the norms) in float64 for float64, else float32.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _norm_kernel(backend: str, grad, weight, center, mode) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "reference":
+        norms = torch.linalg.vector_norm(grad.flatten(1), dim=1, dtype=_acc_dtype(grad))
+        return (weight * _terms_reference(norms, center, mode).mean()).to(grad.dtype), norms
     if backend == "triton":
         from brainkern.kernels import gradient_penalty as tk  # noqa: PLC0415
 
@@ -349,6 +419,10 @@ def _norm_kernel(backend: str, grad, weight, center, mode) -> tuple[torch.Tensor
 
 
 def _norm_backward_kernel(backend: str, dpen, grad, norms, weight, center, mode) -> torch.Tensor:
+    if backend == "reference":
+        k, _ = _slopes(norms, center, mode)
+        coef = dpen.to(norms.dtype) * (weight / grad.shape[0]) * k
+        return (_per_sample(coef, grad) * grad.to(norms.dtype)).to(grad.dtype)
     if backend == "triton":
         from brainkern.kernels import gradient_penalty as tk  # noqa: PLC0415
 
@@ -364,25 +438,6 @@ _NORM_DISPATCH = OpDispatch(
         "triton": lambda grad: _triton_batch(grad) or _fused_checks(grad),
     },
 )
-
-
-class _GradNormPenalty(torch.autograd.Function):
-    """grad (B, ...) -> weight * mean_b f(||grad[b]||_2): a reduction forward, one elementwise backward."""
-
-    @staticmethod
-    def forward(ctx, grad, weight, center, mode, backend):
-        g = grad.contiguous()
-        penalty, norms = _norm_kernel(backend, g, weight, center, mode)
-        ctx.save_for_backward(g, norms)
-        ctx.conf = (weight, center, mode, backend)
-        ctx.mark_non_differentiable(norms)
-        return penalty, norms
-
-    @staticmethod
-    def backward(ctx, dpen, _dnorms):
-        g, norms = ctx.saved_tensors
-        dgrad = _GradNormPenaltyBackward.apply(dpen, g, norms, *ctx.conf)
-        return dgrad, None, None, None, None
 
 
 def _slopes(n: torch.Tensor, center: float, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -403,32 +458,86 @@ def _slopes(n: torch.Tensor, center: float, mode: int) -> tuple[torch.Tensor, to
     return k, kp_over_n
 
 
-class _GradNormPenaltyBackward(torch.autograd.Function):
-    """dgrad = dpen * weight / B * k(n_b) * grad[b] in one pass; differentiable again (torch ops)."""
+@torch.library.custom_op("brainkern::gradient_penalty_norm_penalty", mutates_args=())
+def _norm_op(
+    grad: torch.Tensor, weight: float, center: float, mode: int, backend: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """grad (B, ...) -> (weight * mean_b f(||grad[b]||_2), shape (); the norms (B,); the backend's code).
 
-    @staticmethod
-    def forward(ctx, dpen, g, norms, weight, center, mode, backend):
-        ctx.save_for_backward(dpen, g)
-        ctx.conf = (weight, center, mode)
-        dpen = dpen.reshape(()).to(g.dtype).contiguous()
-        return _norm_backward_kernel(backend, dpen, g, norms, weight, center, mode)
+    The norms are float64 for float64 gradients, float32 otherwise (the kernels' accumulator).
+    """
+    name = _NORM_DISPATCH.select_code(backend, grad.device, grad)
+    penalty, norms = _norm_kernel(name, grad.contiguous(), weight, center, mode)
+    return penalty, norms, BACKENDS.index(name)
 
-    @staticmethod
-    def backward(ctx, G):
-        dpen, g = ctx.saved_tensors
-        weight, center, mode = ctx.conf
-        B = g.shape[0]
-        gf, Gf = g.flatten(1), G.flatten(1)
-        n = torch.linalg.vector_norm(gf, dim=1)
-        k, kp_over_n = _slopes(n, center, mode)
-        gG = (gf * Gf).sum(1)
-        d_dpen = d_g = None
-        if ctx.needs_input_grad[0]:
-            d_dpen = ((weight / B) * (k * gG).sum()).to(dpen.dtype).reshape(dpen.shape)
-        if ctx.needs_input_grad[1]:
-            s = dpen.reshape(()) * (weight / B)
-            d_g = (s * (k[:, None] * Gf + (kp_over_n * gG)[:, None] * gf)).reshape(g.shape)
-        return d_dpen, d_g, None, None, None, None, None
+
+@_norm_op.register_fake
+def _norm_fake(grad, weight, center, mode, backend):
+    norms = grad.new_empty((grad.shape[0],), dtype=_acc_dtype(grad))
+    return grad.new_empty(()), norms, fake_backend_code()
+
+
+@torch.library.custom_op("brainkern::gradient_penalty_norm_penalty_backward", mutates_args=())
+def _norm_backward_op(
+    dpen: torch.Tensor,
+    grad: torch.Tensor,
+    norms: torch.Tensor,
+    weight: float,
+    center: float,
+    mode: int,
+    backend: int,
+) -> torch.Tensor:
+    """dgrad = dpen * weight / B * k(n_b) * grad[b] (B, ...), contiguous, in one pass."""
+    g = grad.contiguous()
+    name = _NORM_DISPATCH.select(g.device, g) if backend == AUTO else BACKENDS[backend]
+    d = dpen.reshape(()).to(g.dtype).contiguous()
+    return _norm_backward_kernel(name, d, g, norms.contiguous(), weight, center, mode)
+
+
+@_norm_backward_op.register_fake
+def _norm_backward_fake(dpen, grad, norms, weight, center, mode, backend):
+    return grad.new_empty(grad.shape)
+
+
+def _norm_setup(ctx, inputs, output) -> None:
+    grad, weight, center, mode, _ = inputs
+    _, norms, backend = output
+    ctx.save_for_backward(grad, norms)
+    ctx.conf = (weight, center, mode, backend)
+    ctx.mark_non_differentiable(norms)
+
+
+def _norm_backward(ctx, dpen, _dnorms, _code):
+    grad, norms = ctx.saved_tensors
+    return _norm_backward_op(dpen, grad, norms, *ctx.conf), None, None, None, None
+
+
+def _norm_backward_setup(ctx, inputs, output) -> None:
+    dpen, grad, _, weight, center, mode, _ = inputs
+    ctx.save_for_backward(dpen, grad)
+    ctx.conf = (weight, center, mode)
+
+
+def _norm_backward_backward(ctx, G):
+    # Differentiable torch ops: the penalty is differentiable twice (gradgradcheck holds).
+    dpen, g = ctx.saved_tensors
+    weight, center, mode = ctx.conf
+    B = g.shape[0]
+    gf, Gf = g.flatten(1), G.flatten(1)
+    n = torch.linalg.vector_norm(gf, dim=1)
+    k, kp_over_n = _slopes(n, center, mode)
+    gG = (gf * Gf).sum(1)
+    d_dpen = d_g = None
+    if ctx.needs_input_grad[0]:
+        d_dpen = ((weight / B) * (k * gG).sum()).to(dpen.dtype).reshape(dpen.shape)
+    if ctx.needs_input_grad[1]:
+        s = dpen.reshape(()) * (weight / B)
+        d_g = (s * (k[:, None] * Gf + (kp_over_n * gG)[:, None] * gf)).reshape(g.shape)
+    return d_dpen, d_g, None, None, None, None, None
+
+
+_norm_op.register_autograd(_norm_backward, setup_context=_norm_setup)
+_norm_backward_op.register_autograd(_norm_backward_backward, setup_context=_norm_backward_setup)
 
 
 def norm_penalty(
@@ -449,10 +558,31 @@ def norm_penalty(
     weight = _check_number(weight, "weight", minimum=0.0)
     center = _check_number(center, "center")
     grad = _check_batch(grad, "grad")
-    backend = _NORM_DISPATCH.select(grad.device, grad)
-    if backend == "reference":
-        return _norm_penalty_reference(grad, weight, center, MODES[mode])
-    return _GradNormPenalty.apply(grad, weight, center, MODES[mode], backend)[0]
+    return _norm_op(grad, weight, center, MODES[mode], AUTO)[0]
+
+
+# ---------------------------------------------------------------------------
+# fake kernels of the extension's ops (shapes, dtypes and strides as the C++ returns them)
+
+
+@extension_fake("gradient_penalty_interp")
+def _extension_interp_fake(real, fake, eps):
+    return torch.empty_like(real)
+
+
+@extension_fake("gradient_penalty_interp_backward")
+def _extension_interp_backward_fake(grad, eps):
+    return torch.empty_like(grad), torch.empty_like(grad)
+
+
+@extension_fake("gradient_penalty_norm")
+def _extension_norm_fake(grad, weight, center, mode):
+    return grad.new_empty(()), grad.new_empty((grad.shape[0],), dtype=_acc_dtype(grad))
+
+
+@extension_fake("gradient_penalty_norm_backward")
+def _extension_norm_backward_fake(dpen, grad, norms, weight, center, mode):
+    return torch.empty_like(grad)
 
 
 # ---------------------------------------------------------------------------
