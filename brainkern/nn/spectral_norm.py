@@ -81,7 +81,9 @@ class _SpectralNormMixin:
         w = self._weight_matrix()
         for _ in range(n):
             sigma = spectral_norm_step([w], [self.u], [self.v], self.eps)
-        self.sigma.copy_(sigma[0])
+        # Through a (1,) view: torch.compile (torch 2.13) turns a 0-d float64 CPU tensor
+        # input into a Python float and drops a copy_ into it, not one into its view.
+        self.sigma.view(1).copy_(sigma)
 
     @torch.no_grad()
     def _stored_sigma(self) -> torch.Tensor:

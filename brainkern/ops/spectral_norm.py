@@ -35,6 +35,12 @@ launcher caches its layout tables and uploads them from pinned memory.
 
 :func:`spectral_normalize` then forms ``W / sigma`` with PyTorch's gradient:
 ``u'`` and ``v'`` are constants, so ``d sigma / dW = u' v'^T``.
+
+``torch.compile``: the step is a ``torch.library`` custom op
+(``brainkern::spectral_norm_step_dispatch``) that declares its in-place updates of
+``us`` and ``vs`` and chooses its backend when it runs, so a spectrally normalised
+layer's training forward (its power iteration included) traces with
+``fullgraph=True``.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from brainkern.ops._backend import OpDispatch
+from brainkern.ops._backend import OpDispatch, extension_fake
 
 __all__ = ["spectral_norm_step", "spectral_norm_step_reference", "spectral_normalize"]
 
@@ -199,26 +205,43 @@ def spectral_norm_step(
         brainkern.ops.BackendError: a forced backend cannot run the input.
     """
     _validate(weights, us, vs)
-    device = weights[0].device
-    backend = _DISPATCH.select(device, weights, us, vs, eps)
+    # Gradients are not tracked: the op sees detached weights (no autograd node to trip over).
+    return _step_op([w.detach() for w in weights], list(us), list(vs), float(eps))
+
+
+# The op the compiler sees: opaque, so the backend is chosen when the graph runs; it
+# updates us and vs in place (declared, so a compiled graph functionalises it).
+@torch.library.custom_op("brainkern::spectral_norm_step_dispatch", mutates_args=("us", "vs"))
+def _step_op(
+    weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor], eps: float
+) -> torch.Tensor:
+    """One power iteration per layer on the chosen backend; sigmas (L,), us and vs updated."""
+    backend = _DISPATCH.select(weights[0].device, weights, us, vs, eps)
     if backend == "reference":
         return spectral_norm_step_reference(weights, us, vs, eps)
-    with torch.no_grad():
-        ws = [_rows_unit_stride(w.detach()) for w in weights]
-        us_k = [u if u.is_contiguous() else u.contiguous() for u in us]
-        vs_k = [v if v.is_contiguous() else v.contiguous() for v in vs]
-        if backend in ("cpu", "cuda"):
-            from brainkern._ext import op  # noqa: PLC0415
+    ws = [_rows_unit_stride(w) for w in weights]
+    us_k = [u if u.is_contiguous() else u.contiguous() for u in us]
+    vs_k = [v if v.is_contiguous() else v.contiguous() for v in vs]
+    if backend in ("cpu", "cuda"):
+        from brainkern._ext import op  # noqa: PLC0415
 
-            sigmas = op("spectral_norm_step")(ws, us_k, vs_k, float(eps))
-        else:
-            from brainkern.kernels.spectral_norm import spectral_norm_step_triton  # noqa: PLC0415
+        sigmas = op("spectral_norm_step")(ws, us_k, vs_k, eps)
+    else:
+        from brainkern.kernels.spectral_norm import spectral_norm_step_triton  # noqa: PLC0415
 
-            sigmas = spectral_norm_step_triton(ws, us_k, vs_k, float(eps))
-        for dst, src in zip(list(us) + list(vs), us_k + vs_k, strict=True):
-            if dst is not src:
-                dst.copy_(src)
+        sigmas = spectral_norm_step_triton(ws, us_k, vs_k, eps)
+    for dst, src in zip(us + vs, us_k + vs_k, strict=True):
+        if dst is not src:
+            dst.copy_(src)
     return sigmas
+
+
+@extension_fake("spectral_norm_step")
+@_step_op.register_fake
+def _step_fake(weights, us, vs, eps):
+    # Both ops (this one and the extension's) update us and vs in place and return the
+    # sigmas (L,) in the weights' dtype.
+    return weights[0].new_empty((len(weights),))
 
 
 class _SpectralNormalize(torch.autograd.Function):
