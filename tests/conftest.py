@@ -84,13 +84,16 @@ def _seed():
     yield
 
 
+# torch's thread count when the session started: a module-scoped fixture that trains
+# (the engine applies train.threads) must not leave its count to later tests.
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
 @pytest.fixture(autouse=True)
 def _one_thread(request) -> Iterator[None]:
-    if request.node.get_closest_marker("threads") is not None:
-        yield
-        return
+    marked = request.node.get_closest_marker("threads") is not None
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(_DEFAULT_THREADS if marked else 1)
     try:
         yield
     finally:
