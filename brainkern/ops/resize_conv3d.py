@@ -102,9 +102,11 @@ device it can run on (``cudnn`` and ``triton`` also run on the CPU: oneDNN, and
 Triton's interpreter under ``TRITON_INTERPRET=1``); if it cannot run the input,
 :class:`~brainkern.ops.BackendError` says why.
 
-Memory: autograd keeps ``x`` and the folded weights, plus, for the activation's
-derivative, a 1-byte mask ``y > 0`` (relu, leaky_relu) or the output ``y`` (tanh);
-the reference keeps the 8x upsampled input and the pre-activation output.
+Memory: autograd keeps ``x`` and the weight (no copy: the caller holds both), plus,
+for the activation's derivative, a 1-byte mask ``y > 0`` (relu, leaky_relu) or the
+output ``y`` (tanh), on every implementation, the reference included. The backward
+folds the weight again (slices and sums of the small weight) and, for Triton's
+tensor-core dtypes, lays ``x`` out channels-last again when it is not already.
 
 Half precision (float16, bfloat16): the weights are folded in float32 (each folded
 weight is a sum of up to 8 weights). ``triton`` and ``cudnn`` round the folded weights
@@ -123,6 +125,13 @@ with differentiable PyTorch ops instead (the activation derivative from the save
 output, and ATen's ``convolution_backward`` on the folded kernel, which has its own
 derivative), so double backward is exact on every backend. (``relu`` / ``leaky_relu``
 derivatives are piecewise constant, so the saved mask serves the double backward too.)
+
+``torch.compile``: the op is a ``torch.library.custom_op``
+(``brainkern::resize_conv3d_dispatch``, its backward
+``brainkern::resize_conv3d_dispatch_backward``) that chooses the implementation when
+it runs and returns its code for the backward (see :mod:`brainkern.ops._backend`);
+the compiler sees fake kernels that give the shapes, so a generator block traces
+with ``fullgraph=True`` and no choice is baked into the graph.
 """
 
 from __future__ import annotations
@@ -137,7 +146,14 @@ import torch
 import torch.nn.functional as F
 
 from brainkern import _ext
-from brainkern.ops._backend import BackendError, OpDispatch, forced_backend
+from brainkern.ops._backend import (
+    AUTO,
+    BackendError,
+    OpDispatch,
+    extension_fake,
+    fake_backend_code,
+    forced_backend,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -544,44 +560,6 @@ def _fast_backward(impl: str, grad_y, y, x, wf, act, slope, need_x, need_w, need
     return gx, gw, gb
 
 
-class _ResizeConv3dFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, wf, bias, act: int, slope: float, impl: str):
-        # wf: folded weights in the layout and dtype impl reads (see _fold_for).
-        y, mask = _forward(impl, x, wf, bias, act, slope)
-        # relu / leaky_relu need only the sign of y: keep a 1-byte mask instead of the output
-        # (a quarter of float32, an eighth of float64); tanh' = 1 - y^2 needs y itself.
-        saved = None if act == 0 else (y if act == 3 else mask)
-        ctx.save_for_backward(x, wf, saved)
-        ctx.act, ctx.slope, ctx.impl, ctx.has_bias = act, slope, impl, bias is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, wf, y = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        need_b = need_b and ctx.has_bias
-        if torch.is_grad_enabled():
-            # The backward is being recorded (double backward): differentiable ops only.
-            g = _act_grad(grad_y, y, ctx.act, ctx.slope)
-            gx, gw = _conv_grads(g, x, wf, need_x, need_w) if (need_x or need_w) else (None, None)
-            gb = g.sum((0, 2, 3, 4)) if need_b else None
-        else:
-            gx, gw, gb = _fast_backward(
-                ctx.impl,
-                grad_y.contiguous() if ctx.impl == "cuda" else grad_y,
-                y,
-                x,
-                wf,
-                ctx.act,
-                ctx.slope,
-                need_x,
-                need_w,
-                need_b,
-            )
-        return gx, gw, gb, None, None, None
-
-
 def _fold_for(impl: str, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The folded weights in the layout and dtype ``impl`` reads (differentiable in ``weight``).
 
@@ -598,6 +576,184 @@ def _fold_for(impl: str, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tens
         return fold_resize_conv_weight(w)
     k4 = _fold_for_triton(w) if impl == "triton" else fold_resize_conv_weight_transposed(w)
     return k4.to(dtype)  # keeps the strides: the Triton layout survives the cast
+
+
+def _unfold_grad(gk: torch.Tensor) -> torch.Tensor:
+    """The adjoint of the fold: ``(C_in, C_out, 4,4,4)`` folded-kernel gradient -> ``(C_out, C_in, 3,3,3)``.
+
+    Per axis the fold maps ``[w0, w1, w2]`` to ``[w2, w1 + w2, w0 + w1, w0]``, so tap
+    gradients ``[g0, g1, g2, g3]`` give ``[g2 + g3, g1 + g2, g0 + g1]``. Slices and sums
+    (differentiable).
+    """
+    for dim in (2, 3, 4):
+        g0, g1, g2, g3 = (gk.narrow(dim, k, 1) for k in range(4))
+        gk = torch.cat((g2 + g3, g1 + g2, g0 + g1), dim)
+    return gk.transpose(0, 1)
+
+
+def _impl_layout(impl: str, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the layout ``impl`` reads: channels-last for Triton's tensor-core dtypes, else NCDHW."""
+    if impl == "triton":
+        from brainkern.kernels.resize_conv3d import operand_memory_format  # noqa: PLC0415
+
+        return x.contiguous(memory_format=operand_memory_format(x))
+    return x.contiguous()
+
+
+# The implementations a backend code names: BACKENDS' order, then cudnn.
+_IMPL_CODES: tuple[str, ...] = ("reference", "cpu", "cuda", "triton", "cudnn")
+
+
+def _reference_backward(g, x, weight, need_x, need_w, need_b):
+    """Gradients of the reference (the upsampled convolution) from ``g`` = dL/d(pre-activation)."""
+    up = F.interpolate(x, scale_factor=2, mode="nearest")
+    gup, gw, _ = torch.ops.aten.convolution_backward(
+        g, up, weight, None, [1, 1, 1], [1, 1, 1], [1, 1, 1], False, [0, 0, 0], 1, [need_x, need_w, False]
+    )
+    gx = None
+    if need_x:  # the adjoint of nearest x2 upsampling sums each 2x2x2 block
+        n, c, d, h, w = x.shape
+        gx = gup.reshape(n, c, d, 2, h, 2, w, 2).sum((3, 5, 7))
+    return gx, gw, (g.sum((0, 2, 3, 4)) if need_b else None)
+
+
+# The ops the compiler sees: opaque, so the implementation is chosen when the graph runs.
+@torch.library.custom_op("brainkern::resize_conv3d_dispatch", mutates_args=())
+def _resize_conv_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: int, slope: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(y (N, C_out, 2D, 2H, 2W) contiguous, the bool mask y > 0 (relu / leaky_relu; else (0,)), the code).
+
+    The code indexes ``_IMPL_CODES``: which implementation ran, for the backward.
+    """
+    impl = _select(x, weight, bias, ACTIVATIONS[act], slope)
+    if impl == "reference":
+        y = resize_conv3d_reference(x, weight, bias, ACTIVATIONS[act], slope).contiguous()
+        mask = y > 0 if act in (1, 2) else None
+    else:
+        x = _impl_layout(impl, x)
+        b = None if bias is None else bias.contiguous()
+        y, mask = _forward(impl, x, _fold_for(impl, weight, x.dtype), b, act, slope)
+    if act not in (1, 2):
+        mask = y.new_empty(0, dtype=torch.bool)
+    return y, mask, _IMPL_CODES.index(impl)
+
+
+@_resize_conv_op.register_fake
+def _resize_conv_fake(x, weight, bias, act, slope):
+    n, _, d, h, w = x.shape
+    y = x.new_empty((n, weight.shape[0], 2 * d, 2 * h, 2 * w))
+    mask = y.new_empty(y.shape if act in (1, 2) else (0,), dtype=torch.bool)
+    return y, mask, fake_backend_code(len(_IMPL_CODES))
+
+
+@torch.library.custom_op("brainkern::resize_conv3d_dispatch_backward", mutates_args=())
+def _resize_conv_backward_op(
+    grad_y: torch.Tensor,
+    saved: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    act: int,
+    slope: float,
+    impl: int,
+    need_x: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight (C_out, C_in, 3,3,3), grad_bias), contiguous; empty (0,) where not asked for.
+
+    On the forward's implementation (code ``impl``); ``saved`` is the bool mask for relu /
+    leaky_relu, the output for tanh.
+    """
+    name = _select(x, weight, None, ACTIVATIONS[act], slope) if impl == AUTO else _IMPL_CODES[impl]
+    if name == "reference":
+        g = _act_grad(grad_y, saved, act, slope)
+        gx, gw, gb = _reference_backward(g, x, weight, need_x, need_weight, need_bias)
+    else:
+        x = _impl_layout(name, x)
+        gx, gk, gb = _fast_backward(
+            name,
+            grad_y.contiguous() if name == "cuda" else grad_y,
+            saved,
+            x,
+            _fold_for(name, weight, x.dtype),
+            act,
+            slope,
+            need_x,
+            need_weight,
+            need_bias,
+        )
+        gw = None if gk is None else _unfold_grad(_phase_to_transposed(gk) if gk.dim() == 8 else gk)
+    gw = None if gw is None else gw.to(weight.dtype)
+    # A custom op returns tensors: an empty one (each its own: outputs may not alias) for None.
+    return tuple(x.new_empty(0) if t is None else t.contiguous() for t in (gx, gw, gb))
+
+
+@_resize_conv_backward_op.register_fake
+def _resize_conv_backward_fake(grad_y, saved, x, weight, act, slope, impl, need_x, need_weight, need_bias):
+    return (
+        x.new_empty(x.shape if need_x else (0,)),
+        weight.new_empty(weight.shape) if need_weight else x.new_empty(0),
+        x.new_empty((weight.shape[0],) if need_bias else (0,)),
+    )
+
+
+def _resize_conv_setup(ctx, inputs, output) -> None:
+    x, weight, bias, act, slope = inputs
+    y, mask, impl = output
+    # relu / leaky_relu need only the sign of y: keep the 1-byte mask instead of the output
+    # (a quarter of float32, an eighth of float64); tanh' = 1 - y^2 needs y itself.
+    ctx.save_for_backward(x, weight, None if act == 0 else (y if act == 3 else mask))
+    ctx.conf = (act, slope, impl, bias is not None)
+    ctx.mark_non_differentiable(mask)
+
+
+def _resize_conv_backward(ctx, grad_y, _grad_mask, _code):
+    x, weight, saved = ctx.saved_tensors
+    act, slope, impl, has_bias = ctx.conf
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and has_bias
+    if not (need_x or need_w or need_b):
+        return None, None, None, None, None
+    if torch.is_grad_enabled():
+        # The backward is being recorded (double backward): differentiable ops only, on the
+        # folded kernel as a differentiable function of the weight.
+        g = _act_grad(grad_y, saved, act, slope)
+        k4 = fold_resize_conv_weight_transposed(weight.float() if weight.dtype in _HALF else weight)
+        gx, gk = _conv_grads(g, x, k4, need_x, need_w) if (need_x or need_w) else (None, None)
+        gw = None if gk is None else _unfold_grad(gk).to(weight.dtype)
+        gb = g.sum((0, 2, 3, 4)) if need_b else None
+    else:
+        gx, gw, gb = _resize_conv_backward_op(
+            grad_y, saved, x, weight, act, slope, impl, need_x, need_w, need_b
+        )
+    return (gx if need_x else None), (gw if need_w else None), (gb if need_b else None), None, None
+
+
+_resize_conv_op.register_autograd(_resize_conv_backward, setup_context=_resize_conv_setup)
+
+
+# Fake kernels of the extension's ops: shapes, dtypes and strides as the C++ returns them.
+@extension_fake("resize_conv3d_fwd")
+def _extension_fwd_fake(x, w8, bias, act, slope):
+    n, _, d, h, w = x.shape
+    c_out = w8.shape[3] if w8.dim() == 8 else w8.shape[1]
+    y = x.new_empty((n, c_out, 2 * d, 2 * h, 2 * w))
+    return y, y.new_empty(y.shape if act in (1, 2) else (0,), dtype=torch.bool)
+
+
+@extension_fake("resize_conv3d_bwd")
+def _extension_bwd_fake(grad_y, y, x, w8, act, slope, need_x, need_w, need_b):
+    c_out = w8.shape[3] if w8.dim() == 8 else w8.shape[1]
+    # Outputs not asked for are empty. The CPU computes half types in float32 and casts the
+    # weight gradient to the folded weights' dtype, asked for or not; CUDA leaves an unasked
+    # one in x's dtype.
+    unasked_w = w8.dtype if x.device.type == "cpu" else x.dtype
+    return (
+        x.new_empty(x.shape if need_x else (0,)),
+        w8.new_empty(w8.shape) if need_w else x.new_empty(0, dtype=unasked_w),
+        x.new_empty((c_out,) if need_b else (0,)),
+    )
 
 
 def resize_conv3d(
@@ -641,20 +797,4 @@ def resize_conv3d(
         with torch.autocast(device_type, enabled=False):
             return resize_conv3d(x, weight, bias, activation, negative_slope)
     _validate(x, weight, bias, activation, negative_slope)
-    impl = _select(x, weight, bias, activation, negative_slope)
-    if impl == "reference":
-        return resize_conv3d_reference(x, weight, bias, activation, negative_slope)
-    if impl == "triton":
-        from brainkern.kernels.resize_conv3d import operand_memory_format  # noqa: PLC0415
-
-        x = x.contiguous(memory_format=operand_memory_format(x))
-    else:
-        x = x.contiguous()
-    return _ResizeConv3dFn.apply(
-        x,
-        _fold_for(impl, weight, x.dtype),
-        None if bias is None else bias.contiguous(),
-        _ACT_CODE[activation],
-        float(negative_slope),
-        impl,
-    )
+    return _resize_conv_op(x, weight, bias, _ACT_CODE[activation], float(negative_slope))[0]
