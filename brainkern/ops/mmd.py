@@ -35,6 +35,17 @@ What the fast backends fuse:
 
 NaN or infinite inputs raise ``ValueError``; the check reads the few sums above
 (a NaN or inf anywhere in a volume makes its squared norm non-finite), not the data.
+
+The ``reference`` backend computes the same two pieces in plain torch ops (the sums
+or ``Z Z^T`` in at least float32, returned in float64); :func:`mmd2_batched_reference`,
+the test oracle, forms the three kernel matrices in the input's dtype instead.
+
+``torch.compile``: each piece is a ``torch.library.custom_op``
+(``brainkern::mmd_linear_stats_dispatch``, ``brainkern::mmd_gram_dispatch``) that
+chooses its backend, and checks the sums for NaN and inf, when it runs; the kernel
+function and the estimator on the small Gram matrices are traced as ordinary torch
+ops. Bandwidths given as numbers are checked on the host; a bandwidths tensor is
+checked by reading it, which a compiled graph cannot do without a break.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ from collections.abc import Sequence
 import torch
 
 from brainkern import _ext
-from brainkern.ops._backend import OpDispatch
+from brainkern.ops._backend import AUTO, BACKENDS, OpDispatch, extension_fake, fake_backend_code
 
 __all__ = ["mmd2", "mmd2_batched", "mmd2_batched_reference", "mmd2_reference"]
 
@@ -131,7 +142,11 @@ def _bandwidth_tensor(bandwidths, tests: int, device: torch.device) -> torch.Ten
             f"mmd2: bandwidths must be a number, a sequence, an (S,) tensor or a (T={tests}, S) tensor, "
             f"got shape {tuple(s.shape)}"
         )
-    if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
+    if isinstance(bandwidths, torch.Tensor):
+        bad = not bool(torch.isfinite(s).all()) or bool((s <= 0).any())
+    else:  # checked on the host values: nothing read back from the device (or traced as a read)
+        bad = not all(math.isfinite(v) and v > 0 for v in values)
+    if bad:
         raise ValueError(f"mmd2: bandwidths must be positive and finite, got {s.tolist()}")
     return s
 
@@ -265,7 +280,28 @@ _DISPATCH = OpDispatch(
 )
 
 
+def _compute_dtype(x3: torch.Tensor) -> torch.dtype:
+    # The reference pieces sum in at least float32 (half types would round every partial sum).
+    return torch.promote_types(x3.dtype, torch.float32)
+
+
+def _linear_stats_reference(x3: torch.Tensor, y3: torch.Tensor) -> torch.Tensor:
+    """[S, V_x, V_y] (T, 3) in float64, in plain torch ops (the reference backend's piece)."""
+    x3, y3 = x3.to(_compute_dtype(x3)), y3.to(_compute_dtype(y3))
+    mx, my = x3.mean(dim=1, keepdim=True), y3.mean(dim=1, keepdim=True)
+    stats = ((mx - my).square().sum((1, 2)), (x3 - mx).square().sum((1, 2)), (y3 - my).square().sum((1, 2)))
+    return torch.stack(stats, dim=1).double()
+
+
+def _gram_reference(x3: torch.Tensor, y3: torch.Tensor) -> torch.Tensor:
+    """``Z Z^T`` of ``Z = [X; Y]`` (T, m+n, m+n) in float64, in plain torch ops."""
+    z = torch.cat((x3, y3), dim=1).to(_compute_dtype(x3))
+    return torch.bmm(z, z.transpose(1, 2)).double()
+
+
 def _linear_stats_fwd(backend: str, x3: torch.Tensor, y3: torch.Tensor) -> torch.Tensor:
+    if backend == "reference":
+        return _linear_stats_reference(x3, y3)
     if backend == "triton":
         from brainkern.kernels import mmd as tk  # noqa: PLC0415
 
@@ -274,6 +310,8 @@ def _linear_stats_fwd(backend: str, x3: torch.Tensor, y3: torch.Tensor) -> torch
 
 
 def _linear_stats_bwd(backend: str, x3, y3, coef) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "reference":
+        return _linear_grads_torch(x3, y3, coef)
     if backend == "triton":
         from brainkern.kernels import mmd as tk  # noqa: PLC0415
 
@@ -283,6 +321,8 @@ def _linear_stats_bwd(backend: str, x3, y3, coef) -> tuple[torch.Tensor, torch.T
 
 
 def _gram_fwd(backend: str, x3: torch.Tensor, y3: torch.Tensor) -> torch.Tensor:
+    if backend == "reference":
+        return _gram_reference(x3, y3)
     if backend == "triton":
         from brainkern.kernels import mmd as tk  # noqa: PLC0415
 
@@ -302,60 +342,120 @@ def _linear_grads_torch(x3, y3, coef) -> tuple[torch.Tensor, torch.Tensor]:
     return gx, gy
 
 
-class _LinearStats(torch.autograd.Function):
-    """(T, m, D), (T, n, D) -> (T, 3) float64 sums [S, V_x, V_y] in one pass."""
+# The ops the compiler sees: opaque, so the backend is chosen (and the finiteness of the
+# sums read) when the graph runs. x3 (T, m, D) and y3 (T, n, D) are contiguous.
+@torch.library.custom_op("brainkern::mmd_linear_stats_dispatch", mutates_args=())
+def _linear_stats_op(x3: torch.Tensor, y3: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(T, 3) float64 sums [S, V_x, V_y] in one pass, and the backend's code.
 
-    @staticmethod
-    def forward(ctx, x3: torch.Tensor, y3: torch.Tensor, backend: str) -> torch.Tensor:
-        ctx.backend = backend
-        ctx.save_for_backward(x3, y3)
-        return _linear_stats_fwd(backend, x3, y3)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x3, y3 = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
-            gx, gy = _linear_grads_torch(x3, y3, grad)
-        else:
-            gx, gy = _linear_stats_bwd(ctx.backend, x3, y3, grad.contiguous())
-        return gx, gy, None
+    Raises:
+        ValueError: a sum is not finite (NaN or inf in x3 or y3).
+    """
+    backend = _DISPATCH.select(x3.device, x3, y3, "linear")
+    stats = _linear_stats_fwd(backend, x3, y3)
+    if not bool(torch.isfinite(stats).all()):
+        _raise_non_finite()
+    return stats, BACKENDS.index(backend)
 
 
-class _Gram(torch.autograd.Function):
-    """(T, m, D), (T, n, D) -> (T, m+n, m+n) float64 Gram matrices of [X; Y] in one pass."""
-
-    @staticmethod
-    def forward(ctx, x3: torch.Tensor, y3: torch.Tensor, backend: str) -> torch.Tensor:
-        ctx.save_for_backward(x3, y3)
-        return _gram_fwd(backend, x3, y3)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x3, y3 = ctx.saved_tensors
-        m = x3.shape[1]
-        sym = (grad + grad.transpose(1, 2)).to(x3.dtype)  # dL/dZ = (A + A^T) Z
-        gx = gy = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.baddbmm(torch.bmm(sym[:, :m, m:], y3), sym[:, :m, :m], x3)
-        if ctx.needs_input_grad[1]:
-            gy = torch.baddbmm(torch.bmm(sym[:, m:, :m], x3), sym[:, m:, m:], y3)
-        return gx, gy, None
+@_linear_stats_op.register_fake
+def _linear_stats_fake(x3, y3):
+    return x3.new_empty((x3.shape[0], 3), dtype=torch.float64), fake_backend_code()
 
 
-def _fused(x3, y3, kernel: str, estimator: str, s: torch.Tensor | None, backend: str) -> torch.Tensor:
+@torch.library.custom_op("brainkern::mmd_linear_stats_dispatch_backward", mutates_args=())
+def _linear_stats_backward_op(
+    x3: torch.Tensor, y3: torch.Tensor, coef: torch.Tensor, backend: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(a*S + b*V_x + c*V_y)/d(x3, y3) for coef (T, 3) = [a, b, c] (float64), on the forward's backend."""
+    name = _DISPATCH.select(x3.device, x3, y3, "linear") if backend == AUTO else BACKENDS[backend]
+    return _linear_stats_bwd(name, x3, y3, coef.contiguous())
+
+
+@_linear_stats_backward_op.register_fake
+def _linear_stats_backward_fake(x3, y3, coef, backend):
+    return torch.empty_like(x3), torch.empty_like(y3)
+
+
+def _linear_stats_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+    ctx.backend = output[1]
+
+
+def _linear_stats_backward(ctx, grad: torch.Tensor, _code):
+    x3, y3 = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: stay differentiable
+        return _linear_grads_torch(x3, y3, grad)
+    return _linear_stats_backward_op(x3, y3, grad.to(torch.float64), ctx.backend)
+
+
+@torch.library.custom_op("brainkern::mmd_gram_dispatch", mutates_args=())
+def _gram_op(x3: torch.Tensor, y3: torch.Tensor, kernel: str) -> tuple[torch.Tensor, int]:
+    """(T, m+n, m+n) float64 Gram matrices of [X; Y] in one pass, and the backend's code.
+
+    Raises:
+        ValueError: a squared norm is not finite (NaN or inf in x3 or y3).
+    """
+    backend = _DISPATCH.select(x3.device, x3, y3, kernel)
+    g = _gram_fwd(backend, x3, y3)
+    if not bool(torch.isfinite(torch.diagonal(g, dim1=-2, dim2=-1)).all()):
+        _raise_non_finite()
+    return g, BACKENDS.index(backend)
+
+
+@_gram_op.register_fake
+def _gram_fake(x3, y3, kernel):
+    rows = x3.shape[1] + y3.shape[1]
+    return x3.new_empty((x3.shape[0], rows, rows), dtype=torch.float64), fake_backend_code()
+
+
+def _gram_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def _gram_backward(ctx, grad: torch.Tensor, _code):
+    x3, y3 = ctx.saved_tensors
+    m = x3.shape[1]
+    sym = (grad + grad.transpose(1, 2)).to(x3.dtype)  # dL/dZ = (A + A^T) Z
+    gx = gy = None
+    if ctx.needs_input_grad[0]:
+        gx = torch.baddbmm(torch.bmm(sym[:, :m, m:], y3), sym[:, :m, :m], x3)
+    if ctx.needs_input_grad[1]:
+        gy = torch.baddbmm(torch.bmm(sym[:, m:, :m], x3), sym[:, m:, m:], y3)
+    return gx, gy, None
+
+
+_linear_stats_op.register_autograd(_linear_stats_backward, setup_context=_linear_stats_setup)
+_gram_op.register_autograd(_gram_backward, setup_context=_gram_setup)
+
+
+# Fake kernels of the extension's ops: shapes, dtypes and strides as the C++ returns them.
+@extension_fake("mmd_linear_stats")
+def _extension_linear_stats_fake(x, y):
+    return x.new_empty((x.shape[0], 3), dtype=torch.float64)
+
+
+@extension_fake("mmd_linear_backward")
+def _extension_linear_backward_fake(x, y, coef):
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+@extension_fake("mmd_gram")
+def _extension_gram_fake(x, y):
+    rows = x.shape[1] + y.shape[1]
+    return x.new_empty((x.shape[0], rows, rows), dtype=torch.float64)
+
+
+def _fused(x3, y3, kernel: str, estimator: str, s: torch.Tensor | None) -> torch.Tensor:
     m, n, dim = x3.shape[1], y3.shape[1], x3.shape[2]
     x3, y3 = x3.contiguous(), y3.contiguous()
     if kernel == "linear":
-        stats = _LinearStats.apply(x3, y3, backend)
-        if not bool(torch.isfinite(stats).all()):
-            _raise_non_finite()
+        stats = _linear_stats_op(x3, y3)[0]
         out = stats[:, 0]
         if estimator == "unbiased":
             out = out - stats[:, 1] / (m * (m - 1)) - stats[:, 2] / (n * (n - 1))
     else:
-        g = _Gram.apply(x3, y3, backend)
-        if not bool(torch.isfinite(torch.diagonal(g, dim1=-2, dim2=-1)).all()):
-            _raise_non_finite()
+        g = _gram_op(x3, y3, kernel)[0]
         out = _estimate(_kernel_from_gram(g, kernel, s, dim), m, estimator)
     return out.to(x3.dtype)
 
@@ -402,10 +502,9 @@ def mmd2_batched(
     _check_options(kernel, estimator, bandwidths)
     x3, y3 = _flatten(x, y, 2, estimator)
     s = _bandwidth_tensor(bandwidths, x3.shape[0], x3.device)
-    backend = _DISPATCH.select(x3.device, x3, y3, kernel)
-    if backend == "reference" or x3.shape[0] == 0:  # no tests: nothing to launch
+    if x3.shape[0] == 0:  # no tests: nothing to launch
         return mmd2_batched_reference(x, y, kernel, estimator, bandwidths)
-    return _fused(x3, y3, kernel, estimator, s, backend)
+    return _fused(x3, y3, kernel, estimator, s)
 
 
 def mmd2(
