@@ -127,6 +127,25 @@ def _filled(x: torch.Tensor, grads: tuple) -> tuple[torch.Tensor, ...]:
     return tuple(x.new_empty(0) if g is None else g for g in grads)
 
 
+def _skipped(grad_out, x, weight, stride, padding, dilation, groups, need_weight, need_bias):
+    """Zeros for skipped weight and bias gradients, in the strides the fake kernel gives them.
+
+    The strides come from the same ATen call on fake tensors (as in the fake kernel; the
+    meta device's kernel can differ), so no convolution runs.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: PLC0415
+
+    with FakeTensorMode() as mode:
+        fakes = [mode.from_tensor(t) for t in (grad_out, x, weight)]
+        needs = (False, need_weight, need_bias)
+        _, gw, gb = _grads(*fakes, stride, padding, dilation, groups, needs)
+
+    def zeros(g):
+        return None if g is None else weight.new_empty_strided(g.shape, g.stride(), dtype=g.dtype).zero_()
+
+    return zeros(gw), zeros(gb)
+
+
 @torch.library.custom_op("brainkern::conv3d_gradfix_backward", mutates_args=())
 def _conv_backward_op(
     grad_out: torch.Tensor,
@@ -147,8 +166,7 @@ def _conv_backward_op(
     """
     if weight_gradients_disabled():
         gx, _, _ = _grads(grad_out, x, weight, stride, padding, dilation, groups, (need_x, False, False))
-        gw = torch.zeros_like(weight) if need_weight else None
-        gb = weight.new_zeros(weight.shape[0]) if need_bias else None
+        gw, gb = _skipped(grad_out, x, weight, stride, padding, dilation, groups, need_weight, need_bias)
     else:
         needs = (need_x, need_weight, need_bias)
         gx, gw, gb = _grads(grad_out, x, weight, stride, padding, dilation, groups, needs)
