@@ -134,6 +134,7 @@ aten = torch.ops.aten
 # ATen ops that read tensor data on the host, or whose output shape depends on it.
 _SYNCING = {
     aten._local_scalar_dense.default: "a tensor read as a Python number (item, float, int, bool)",
+    aten.item.default: "a tensor read as a Python number (item)",
     aten.is_nonzero.default: "bool() of a tensor",
     aten.equal.default: "torch.equal",
     aten.allclose.default: "torch.allclose",
@@ -206,6 +207,16 @@ class SyncRecorder(TorchDispatchMode):
         why = self._why(func, args, kwargs)
         if why is not None:
             self.record(why)
+        if func.namespace == "brainkern":
+            # brainkern's ops are torch.library custom ops: dispatched as one call, their
+            # insides (the backend's ATen ops) would stay unseen. Run the Python body
+            # under this mode instead, so a sync inside an op is recorded too.
+            from torch._library.custom_ops import _maybe_get_opdef
+
+            opdef = _maybe_get_opdef(func)
+            if opdef is not None:
+                with self:
+                    return opdef._init_fn(*args, **kwargs)
         return func(*args, **kwargs)
 
 

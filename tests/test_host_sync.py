@@ -202,3 +202,25 @@ def test_shuffle_and_penalty_steps_do_not_synchronise(backend_device, mode):
             opt.step()
 
     _assert_none(_no_sync(step, device, lambda: _step_counters(opt)))
+
+
+def test_recorder_sees_inside_brainkern_custom_ops(monkeypatch):
+    """A sync inside an op (a torch.library custom op, dispatched as one call) is recorded."""
+    import importlib
+
+    module = importlib.import_module("brainkern.ops.pixel_shuffle3d")  # the module, not the function
+
+    x = torch.randn(1, 8, 2, 2, 2)
+    with recording() as rec, use_backend("reference"):
+        module.pixel_shuffle3d(x, 2)
+    assert rec.events == []
+    original = module.pixel_shuffle3d_reference
+
+    def syncing(*args, **kwargs):
+        args[0].sum().item()  # a host read inside the op's body
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "pixel_shuffle3d_reference", syncing)
+    with recording() as rec, use_backend("reference"):
+        module.pixel_shuffle3d(x, 2)
+    assert any("Python number" in e.what for e in rec.events), [e.what for e in rec.events]
