@@ -135,6 +135,9 @@ class Recipe:
     # The names of the losses step() returns, in log order: the one list the engine's
     # logging window, progress bar and metrics log read.
     losses: tuple[str, ...] = ()
+    # train.* keys only this family reads (its part of the schema): setting another
+    # family's key to a value other than its default is an error for this one.
+    options: tuple[str, ...] = ()
 
     def __init__(
         self, model: nn.Module, train: dict[str, Any], device: torch.device, world: World | None = None
@@ -144,6 +147,7 @@ class Recipe:
         self.device = torch.device(device)
         self.world = world or World()
         self.dtype = train_dtype(train)
+        self._check_options(train)
         self.loss = train.get("loss") or model.loss
         if self.loss not in LOSSES:
             raise ValueError(f"{model.name}: unknown adversarial loss {self.loss!r}; choose one of {LOSSES}")
@@ -165,6 +169,19 @@ class Recipe:
         self._critics: dict[str, _Critic] = {}
 
     # -- contract checks and optimisers ---------------------------------------------
+
+    def _check_options(self, train: dict[str, Any]) -> None:
+        from brainkern.train.config import DEFAULTS
+
+        others = {k for cls in RECIPES.values() for k in cls.options} - set(self.options)
+        for key in sorted(others):
+            if key in train and train[key] != DEFAULTS["train"].get(key):
+                users = sorted(f for f, cls in RECIPES.items() if key in cls.options)
+                raise ValueError(
+                    f"train.{key} is not used by the {self.family!r} recipe of {self.model.name} "
+                    f"(only by {', '.join(map(repr, users))}); its own keys: "
+                    f"{', '.join(self.options) or 'none beyond the common ones'}"
+                )
 
     def _build_optimizers(self, train: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
         model, family = self.model, self.family
@@ -400,6 +417,7 @@ class AlphaRecipe(Recipe):
 
     networks = ("encoder", "generator", "discriminator", "code_discriminator")
     losses = ("loss_g", "loss_rec", "loss_e", "loss_d", "gp_d", "loss_c", "gp_c")
+    options = ("lambda_rec",)
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         real = self.images(batch)
@@ -437,6 +455,7 @@ class VAEGANRecipe(Recipe):
 
     networks = ("encoder", "generator", "discriminator")
     losses = ("loss_g", "loss_rec", "loss_kl", "loss_d", "gp_d")
+    options = ("lambda_rec", "lambda_kl")
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         real = self.images(batch)

@@ -293,3 +293,14 @@ def test_gan_recipe_is_registered_once():
     assert recipes_mod.RECIPES["gan"] is GANRecipe and GANRecipe.family == "gan"
     with pytest.raises(ValueError, match="already registered"):
         register_recipe("gan")(type("Again", (Recipe,), {"networks": ("generator",), "losses": ("x",)}))
+
+
+def test_a_recipe_refuses_another_familys_keys():
+    """train.lambda_kl means something to the VAE-GAN only: set on a GAN it is an error."""
+    with pytest.raises(
+        ValueError, match="train.lambda_kl is not used by the 'gan' recipe.*only by 'vae-gan'"
+    ):
+        make_recipe(toy_model(), train_cfg(lambda_kl=2.0), "cpu")
+    with pytest.raises(ValueError, match="train.lambda_rec is not used by the 'gan' recipe"):
+        make_recipe(toy_model(), train_cfg(lambda_rec=1.0), "cpu")
+    make_recipe(toy_model(), train_cfg(lambda_gp=5.0), "cpu")  # a key every family reads
