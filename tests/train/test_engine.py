@@ -152,22 +152,27 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert losses(tmp_path / "whole") == losses(tmp_path / "split")
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+def _nan_batch_at(monkeypatch, at: int) -> None:
+    """Batch number ``at`` (from 1) comes back as NaN images."""
     from brainkern.train import data
 
-    run = tmp_path / "run"
-    trainer = Trainer(tiny(), run, progress=False, log=None)
     calls = {"n": 0}
     original = data.Batches.__next__
 
     def poisoned(self):
         calls["n"] += 1
         batch = original(self)
-        if calls["n"] == 5:
+        if calls["n"] == at:
             batch["image"] = torch.full_like(batch["image"], float("nan"))
         return batch
 
     monkeypatch.setattr(data.Batches, "__next__", poisoned)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny(), run, progress=False, log=None)
+    _nan_batch_at(monkeypatch, 5)
     with pytest.raises(Diverged, match="non-finite at iteration 5.*last good checkpoint"):
         trainer.fit()
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
@@ -178,23 +183,11 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkey
 def test_divergence_between_log_lines_is_caught_before_anything_is_written(tmp_path, monkeypatch):
     """Losses are read only at logging windows; a NaN inside a window still stops the run
     before a checkpoint, and names the iteration where it appeared."""
-    from brainkern.train import data
-
     run = tmp_path / "run"
     cfg = tiny(iters=8)
     cfg["log"].update(every=4, checkpoint_every=6, picture_every=100)
     trainer = Trainer(cfg, run, progress=False, log=None)
-    calls = {"n": 0}
-    original = data.Batches.__next__
-
-    def poisoned(self):
-        calls["n"] += 1
-        batch = original(self)
-        if calls["n"] == 6:
-            batch["image"] = torch.full_like(batch["image"], float("nan"))
-        return batch
-
-    monkeypatch.setattr(data.Batches, "__next__", poisoned)
+    _nan_batch_at(monkeypatch, 6)
     with pytest.raises(Diverged, match="non-finite at iteration 6; no checkpoint was written yet"):
         trainer.fit()
     assert not (run / "checkpoints" / "last.pt").exists()  # the save at 6 was refused
