@@ -26,14 +26,7 @@ import numpy as np
 import torch
 
 from brainkern.evaluate.generation import format_table, generation_table, matched_noise
-from brainkern.train.data import (
-    data_source,
-    evaluation_indices,
-    load_dataset,
-    make_split,
-    read_records,
-    real_volumes,
-)
+from brainkern.train.data import evaluation_indices, load_run_data, real_volumes
 from brainkern.train.engine import Callback, Trainer, build_run_model, load_run
 
 
@@ -124,8 +117,7 @@ def evaluate_run(
             cfg["evaluate"][key] = int(value)
     # The data as the run's Trainer saw it: the same split (preprocessing fitted on
     # its training part) and the same real volumes to compare with.
-    split = make_split(read_records(data_source(cfg["data"], progress=progress)), cfg["data"])
-    dataset = load_dataset(cfg["data"], progress=progress, split=split)
+    split, dataset = load_run_data(cfg["data"], progress=progress)
     indices, what = evaluation_indices(dataset, cfg["data"]["classes"], split)
     real = real_volumes(dataset, indices)
     device = next(model.parameters()).device  # where load_run put it ("auto" resolved)

@@ -152,23 +152,24 @@ def make_split(records, data: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def load_dataset(data: dict[str, Any], *, progress: bool = True, split: dict[str, Any] | None = None):
-    """The :class:`~brainkern.data.VolumeDataset` a run trains on.
+def load_run_data(data: dict[str, Any], *, progress: bool = True):
+    """The split (:func:`make_split`, ``None`` without one) and the
+    :class:`~brainkern.data.VolumeDataset` a run trains on, from one read of the records.
 
-    With a ``split`` (:func:`make_split`), the quantities preprocessing fits from
-    the data (trimming box, brain mask) come from its training part only.
+    The split comes first: the quantities preprocessing fits from the data (trimming
+    box, brain mask) come from its training part only.
 
     Raises:
-        FileNotFoundError: ``data.table`` does not exist.
-        ValueError: ``data.classes`` names a class the data set lacks, or a side of
-            ``data.shape`` is not divisible by 16 (checked by the model).
+        FileNotFoundError: ``data.table`` (or ``data.split_file``) does not exist.
+        ValueError: a split that does not fit the data (see :func:`make_split`).
     """
     from brainkern.data import VolumeDataset
 
-    source = data_source(data, progress=progress)
+    records = read_records(data_source(data, progress=progress))
+    split = make_split(records, data)
     cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else cache_root() / "datasets"
-    return VolumeDataset(
-        read_records(source),
+    dataset = VolumeDataset(
+        records,
         shape=tuple(data["shape"]),
         scale="[-1,1]",
         clip=tuple(data["clip"]) if data.get("clip") else None,
@@ -177,6 +178,7 @@ def load_dataset(data: dict[str, Any], *, progress: bool = True, split: dict[str
         cache_dir=cache,
         progress=progress,
     )
+    return split, dataset
 
 
 def training_indices(dataset, classes: list[str] | None, split: dict[str, Any] | None = None) -> np.ndarray:

@@ -45,16 +45,7 @@ import torch
 
 from brainkern.train import config as config_mod
 from brainkern.train import distributed
-from brainkern.train.data import (
-    Batches,
-    data_source,
-    evaluation_indices,
-    load_dataset,
-    make_split,
-    read_records,
-    real_volumes,
-    training_indices,
-)
+from brainkern.train.data import Batches, evaluation_indices, load_run_data, real_volumes, training_indices
 from brainkern.train.recipes import Recipe, make_recipe, train_dtype
 from brainkern.train.state import CheckpointError, load_checkpoint, save_checkpoint, seed_everything
 
@@ -237,9 +228,7 @@ class Trainer:
         # The split comes first: preprocessing fits its trimming box and mask on the
         # training part only, and the generator never sees a held-out subject.
         with world.local_main_first():  # one process per host simulates and caches the data
-            source = data_source(cfg["data"], progress=self.progress)
-            self.split = make_split(read_records(source), cfg["data"])
-            self.dataset = load_dataset(cfg["data"], progress=self.progress, split=self.split)
+            self.split, self.dataset = load_run_data(cfg["data"], progress=self.progress)
         self.indices = training_indices(self.dataset, cfg["data"]["classes"], self.split)
         self.model = build_run_model(cfg, self.device, log=self.log)
         if dtype != torch.float32:

@@ -274,7 +274,7 @@ def test_cli_train_sample_evaluate(tmp_path):
     from brainkern import sample
     from brainkern.evaluate.__main__ import main as evaluate_main
     from brainkern.train.__main__ import main as train_main
-    from brainkern.train.data import load_dataset
+    from brainkern.train.data import load_run_data
 
     cfg_path = _write_tiny_config(tmp_path)
     run = tmp_path / "run"
@@ -286,7 +286,7 @@ def test_cli_train_sample_evaluate(tmp_path):
     assert (run / "pictures" / "losses.png").is_file()
     assert sorted((run / "pictures").glob("samples_*.png"))
 
-    dataset = load_dataset(tiny()["data"], progress=False)
+    _, dataset = load_run_data(tiny()["data"], progress=False)
     for path in (run / "samples").glob("*.nii.gz"):
         img = nib.load(path)
         assert img.shape == (16, 16, 16)
