@@ -298,17 +298,25 @@ class Generator(nn.Module):
 class CodeDiscriminator(nn.Module):
     """Kwon et al.'s (after Rosca et al.'s alpha-GAN) code discriminator: ``(N, latent_dim) -> (N, 1)``.
 
-    ``Linear(L, hidden)``, LeakyReLU; ``Linear(hidden, hidden)``, BatchNorm1d,
-    LeakyReLU; ``Linear(hidden, 1)``; all linear layers with bias.
+    ``Linear(L, hidden)``, BatchNorm1d, LeakyReLU; ``Linear(hidden, hidden)``,
+    BatchNorm1d, LeakyReLU; ``Linear(hidden, 1)``; all linear layers with bias, as
+    in the authors' code (the paper says three fully connected layers only).
+
+    Checkpoints written before the first BatchNorm1d was added (brainkern's layout
+    had none there) do not load: their layer indices no longer match, and loading
+    says so instead of listing every key.
 
     Args:
         latent_dim: ``L``.
-        hidden: width of the two hidden layers (4096 in Kwon et al.'s code).
+        hidden: width of the two hidden layers. 4096 is the value the authors'
+            training notebook sets (their class's own default is 750); the paper
+            gives none.
         negative_slope: LeakyReLU slope.
 
     Raises:
         ValueError: a non-positive ``latent_dim`` or ``hidden``; at call time, an
             input that is not ``(N, latent_dim)``.
+        RuntimeError: (``load_state_dict``) a state dict of the earlier layout.
     """
 
     def __init__(self, latent_dim: int, hidden: int = 4096, negative_slope: float = 0.2) -> None:
@@ -318,6 +326,7 @@ class CodeDiscriminator(nn.Module):
         slope = float(negative_slope)
         self.layers = nn.Sequential(
             nn.Linear(self.latent_dim, self.hidden),
+            nn.BatchNorm1d(self.hidden),
             nn.LeakyReLU(slope),
             nn.Linear(self.hidden, self.hidden),
             nn.BatchNorm1d(self.hidden),
@@ -331,6 +340,18 @@ class CodeDiscriminator(nn.Module):
                 f"CodeDiscriminator: expected codes of shape (N, {self.latent_dim}), got {tuple(z.shape)}"
             )
         return self.layers(z)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # The earlier layout ended in layers.5 (a Linear) and had no layers.6; without this
+        # check the load fails with a page of missing keys and size mismatches.
+        if f"{prefix}layers.5.weight" in state_dict and f"{prefix}layers.6.weight" not in state_dict:
+            raise RuntimeError(
+                f"{prefix.rstrip('.') or 'CodeDiscriminator'}: this state dict has the code discriminator "
+                "layout without the BatchNorm1d after the first linear layer (brainkern before the "
+                "layout of Kwon et al.'s code was adopted); it cannot be loaded into the current "
+                "network: retrain, or use the brainkern version that wrote it"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------

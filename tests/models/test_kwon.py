@@ -215,7 +215,7 @@ def test_paper_parameter_counts(paper_models):
         + _bn(w)
         + _conv(w, 1, 27, True)
     )
-    code = (L * hidden + hidden) + (hidden * hidden + hidden) + _bn(hidden) + (hidden + 1)
+    code = (L * hidden + hidden) + _bn(hidden) + (hidden * hidden + hidden) + _bn(hidden) + (hidden + 1)
     expected = {
         "encoder": _conv_stack_count(w, L),
         "generator": generator,
@@ -451,3 +451,42 @@ def test_registered_flags_reach_networks():
     # The code discriminator and the encoder never sit inside the image penalty.
     assert not m.encoder.gradfix
     assert isinstance(m.code_discriminator, CodeDiscriminator)
+
+
+def test_code_discriminator_layers_are_the_authors():
+    """Kwon et al.'s code: Linear, BatchNorm1d, LeakyReLU(0.2) twice, then Linear(h, 1)."""
+    c = CodeDiscriminator(latent_dim=6, hidden=10)
+    layers = list(c.layers)
+    assert [type(m) for m in layers] == [
+        nn.Linear, nn.BatchNorm1d, nn.LeakyReLU, nn.Linear, nn.BatchNorm1d, nn.LeakyReLU, nn.Linear
+    ]  # fmt: skip
+    sizes = [(m.in_features, m.out_features, m.bias is not None) for m in layers if isinstance(m, nn.Linear)]
+    assert sizes == [(6, 10, True), (10, 10, True), (10, 1, True)]
+    assert [m.num_features for m in layers if isinstance(m, nn.BatchNorm1d)] == [10, 10]
+    assert [m.negative_slope for m in layers if isinstance(m, nn.LeakyReLU)] == [0.2, 0.2]
+    # The default hidden width is the authors' notebook's 4096.
+    assert CodeDiscriminator(latent_dim=3).hidden == 4096
+
+
+def test_a_code_discriminator_of_the_old_layout_does_not_load():
+    m = _small("alpha-wgan-gp")
+    state = m.state_dict()
+    # The earlier layout: Linear, LeakyReLU, Linear, BatchNorm1d, LeakyReLU, Linear (indices 0..5).
+    h, L = m.code_discriminator.hidden, m.latent_dim
+    old = {k: v for k, v in state.items() if not k.startswith("code_discriminator.")}
+    old.update(
+        {
+            "code_discriminator.layers.0.weight": torch.zeros(h, L),
+            "code_discriminator.layers.0.bias": torch.zeros(h),
+            "code_discriminator.layers.2.weight": torch.zeros(h, h),
+            "code_discriminator.layers.2.bias": torch.zeros(h),
+            **{f"code_discriminator.layers.3.{k}": v for k, v in nn.BatchNorm1d(h).state_dict().items()},
+            "code_discriminator.layers.5.weight": torch.zeros(1, h),
+            "code_discriminator.layers.5.bias": torch.zeros(1),
+        }
+    )
+    with pytest.raises(
+        RuntimeError, match="code_discriminator: this state dict has the code discriminator layout"
+    ):
+        m.load_state_dict(old)
+    m.load_state_dict(state)  # the current layout loads
