@@ -131,6 +131,10 @@ def _step_counters(*optimizers: torch.optim.Optimizer) -> tuple[torch.Tensor, ..
 def _recipe_step_events(backend: str, device: str) -> list[Event]:
     recipe = _tiny_recipe(device)
     real = torch.rand(2, 1, 16, 16, 16, device=device) * 2 - 1
+    # The discriminators' fresh batch (train.critic_batch), already on the device as the
+    # engine's batches deliver it.
+    second = torch.rand(2, 1, 16, 16, 16, device=device) * 2 - 1
+    recipe.draw = lambda: second
     logs: dict[str, torch.Tensor] = {}
 
     def step():

@@ -48,9 +48,10 @@ DEFAULTS: dict[str, Any] = {
         "clip": [0.01, 0.99],
         "trim": True,
         "cache_dir": None,  # default: $BRAINKERN_CACHE or ~/.cache/brainkern
-        # Kwon et al.'s augmentation: left-right flips and intensity randomisation.
+        # Kwon et al.'s augmentation: left-right flips (p 1/2) and the signal above the
+        # background scaled by a factor uniform in [0.7, 1.0] (their code's range).
         "flip": True,
-        "intensity": [0.9, 1.0],
+        "intensity": [0.7, 1.0],
     },
     "train": {
         "iters": 1000,
@@ -63,10 +64,21 @@ DEFAULTS: dict[str, Any] = {
         "loss": None,  # default: the model's own ("wgan-gp", "standard" or "hinge")
         "g_updates": 2,  # generator (encoder-generator) updates per iteration
         "d_updates": 1,  # discriminator updates per iteration
+        # alpha family: how the generator's g_updates are made (see brainkern.train.recipes):
+        # "paper" (encoder and generator once together, then the generator alone on a fresh
+        # forward), "reference" (one backward, the generator's optimiser stepped g_updates
+        # times on it, as Kwon et al.'s code), "joint" (both updated g_updates times).
+        "eg_schedule": "paper",
+        # alpha family: the discriminators' real batch: "fresh" (the next batch, as Kwon et
+        # al.'s code; an iteration then reads two batches) or "same" (the encoder-generator's).
+        "critic_batch": "fresh",
         "lambda_gp": 10.0,
         "gp_every": 1,  # lazy regularisation: the penalty every k-th critic update, scaled by k
-        "lambda_rec": 10.0,
-        "lambda_kl": 1.0,
+        "lambda_rec": 10.0,  # reconstruction weight (alpha: E and G; vae-gan: the encoder's)
+        "lambda_kl": 1.0,  # vae-gan: the encoder's KL weight
+        "lambda_dec": 20.0,  # vae-gan: the generator's reconstruction weight
+        "kl_reduction": "mean",  # vae-gan: KL averaged ("mean") or summed ("sum") over latent dims
+        "reconstruction": "mse",  # vae-gan: "mse" (Kwon et al.'s code) or "l1"
         "checkpoint": False,  # gradient checkpointing of generator and discriminator blocks
         "gradfix": False,  # skip weight gradients inside the penalty's first backward
         "amp": "auto",  # "auto" (bf16 on CUDA), "bf16" or "off"

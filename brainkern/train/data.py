@@ -261,7 +261,7 @@ class Batches:
         *,
         seed: int,
         flip: bool = True,
-        intensity: tuple[float, float] | None = (0.9, 1.0),
+        intensity: tuple[float, float] | None = (0.7, 1.0),
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,

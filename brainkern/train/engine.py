@@ -249,6 +249,9 @@ class Trainer:
             world_size=world.size,
             dtype=None if dtype == torch.float32 else dtype,
         )
+        # A recipe that reads a second batch per iteration takes it from the same stream,
+        # so the batches' state in a checkpoint covers it.
+        self.recipe.draw = lambda: next(self.batches)
         self.iteration = 0  # iterations completed
         self.best: dict[str, Any] = {"iter": None, "check_mmd2": math.inf}
         self.elapsed = 0.0  # training seconds over all sessions of the run

@@ -15,6 +15,11 @@ samples ``G(z)``: the real term is counted once per fake set, so that with
 
 Discriminator outputs are ``(N, 1)`` or ``(N,)`` logits / critic values; losses are
 0-d tensors.
+
+The auxiliary terms: the mean absolute (Kwon et al. eq. 2) or mean squared
+reconstruction error (:func:`reconstruction_loss`), and the Gaussian prior's KL
+term of the VAE-GAN encoder, summed or averaged over the latent dimensions
+(:func:`kl_standard_normal`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 LOSSES = ("wgan-gp", "standard", "hinge")
+RECONSTRUCTIONS = ("l1", "mse")
+KL_REDUCTIONS = ("sum", "mean")
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -79,8 +86,39 @@ def l1_reconstruction(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     return (_wide(x) - _wide(x_rec)).abs().mean()
 
 
-def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mu, exp(logvar)) || N(0, I))``, summed over latent dimensions and
-    averaged over the batch; ``mu``, ``logvar`` of shape ``(N, L)``."""
+def mse_reconstruction(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between volumes and their reconstructions, averaged over every
+    voxel of the batch (the VAE-GAN reconstruction term of Kwon et al.'s code)."""
+    return (_wide(x) - _wide(x_rec)).pow(2).mean()
+
+
+def reconstruction_loss(kind: str, x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """``"l1"`` (:func:`l1_reconstruction`) or ``"mse"`` (:func:`mse_reconstruction`) of
+    volumes ``x`` and reconstructions ``x_rec``, both ``(N, 1, D, H, W)``.
+
+    Raises:
+        ValueError: another ``kind``.
+    """
+    if kind == "l1":
+        return l1_reconstruction(x, x_rec)
+    if kind == "mse":
+        return mse_reconstruction(x, x_rec)
+    raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {RECONSTRUCTIONS}")
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """``KL(N(mu, exp(logvar)) || N(0, I))`` of codes ``mu``, ``logvar`` of shape ``(N, L)``.
+
+    ``reduction="sum"``: summed over the ``L`` latent dimensions, averaged over the
+    batch (the KL of each code's whole posterior); ``"mean"``: averaged over batch and
+    latent dimensions, i.e. the sum divided by ``L`` (what Kwon et al.'s VAE-GAN code
+    weighs against its reconstruction error).
+
+    Raises:
+        ValueError: an unknown ``reduction``.
+    """
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"unknown KL reduction {reduction!r}; choose one of {KL_REDUCTIONS}")
     mu, logvar = _wide(mu), _wide(logvar)
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1).mean()
+    per_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+    return per_dim.mean() if reduction == "mean" else per_dim.sum(dim=1).mean()

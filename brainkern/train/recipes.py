@@ -19,6 +19,10 @@ The contract a recipe keeps with the engine:
   where the data set has labels, and whatever else an item carries (``position``
   of a sub-volume, ``subject``, ``index``); it returns a dict of 0-d, detached
   loss tensors (no device synchronisation).
+- ``draw``: a zero-argument callable giving the next batch (a dict as ``step``
+  takes), or ``None``. The engine binds it to its own batches, so a recipe that
+  reads more than one batch per iteration (the alpha family's ``critic_batch:
+  fresh``) takes them from the same stream, and a resumed run sees the same ones.
 - several processes (``torchrun``, :mod:`brainkern.train.distributed`): ``step``
   gets this process's slice of the global batch; every per-sample random draw
   (latents, the penalty's interpolation weights, reparameterisation noise) is
@@ -35,16 +39,21 @@ The contract a recipe keeps with the engine:
 Families:
 
 - ``"gan"`` (G + D): WGAN-GP or standard / hinge GAN. Per iteration the
-  generator is updated ``g_updates`` times, then the discriminator ``d_updates``
-  times (Kwon et al.'s order, seed 001).
+  generator is updated ``g_updates`` times (a fresh prior sample each), then the
+  discriminator ``d_updates`` times. (Kwon et al.'s WGAN-GP code updates the critic
+  first, then the generator five times; across iterations the sequence is the same.)
 - ``"alpha"`` (E + G + D + C): the alpha-GAN of Rosca et al. (2017) as 3D
   alpha-WGAN-GP (Kwon et al. 2019, eqs. 1-3): encoder and generator trained as
-  one network on ``L_G + L_E`` (``g_updates`` times: Kwon et al. update it twice),
-  then the image discriminator, then the code discriminator.
-- ``"vae-gan"`` (variational E + G + D): Larsen et al. (2016) with an L1
-  reconstruction: the encoder minimises ``lambda_kl * KL + lambda_rec * L1``, the
-  generator ``adversarial + lambda_rec * L1``, the discriminator sees real,
-  reconstructed and sampled volumes.
+  one network on ``L_E + L_G``, the generator ``g_updates`` times and the encoder
+  once (Kwon et al. update the generator twice; ``train.eg_schedule`` says how),
+  then the image discriminator, then the code discriminator, on a fresh real
+  batch (``train.critic_batch``). See :class:`AlphaRecipe`.
+- ``"vae-gan"`` (variational E + G + D): Larsen et al. (2016) as Kwon et al.'s
+  code trains it: the encoder minimises ``lambda_kl * KL + lambda_rec * rec``, the
+  generator ``adversarial + lambda_dec * rec`` (KL averaged over latent
+  dimensions, ``rec`` the mean squared error, by default), then the
+  discriminator sees real, reconstructed and sampled volumes. See
+  :class:`VAEGANRecipe`.
 """
 
 from __future__ import annotations
@@ -60,11 +69,14 @@ from brainkern.ops import gradient_penalty
 from brainkern.ops.gradient_penalty import lazy_count, set_lazy_count
 from brainkern.train.distributed import World, reduce_gradients
 from brainkern.train.objectives import (
+    KL_REDUCTIONS,
     LOSSES,
+    RECONSTRUCTIONS,
     discriminator_loss,
     generator_loss,
     kl_standard_normal,
     l1_reconstruction,
+    reconstruction_loss,
 )
 
 Batch = Mapping[str, torch.Tensor]
@@ -117,7 +129,7 @@ class Recipe:
         model: the model.
         train: the ``train`` section of the run configuration (``lr``, ``betas``,
             ``optim``, ``loss``, ``g_updates``, ``d_updates``, ``lambda_gp``,
-            ``lambda_rec``, ``lambda_kl``, ``amp``, ``dtype``).
+            ``gp_every``, ``amp``, ``dtype``, and the family's own keys, ``options``).
         device: where the model lives.
         world: the processes of the run (default: this one alone); ``step`` then
             gets ``1 / world.size`` of the global batch.
@@ -167,8 +179,25 @@ class Recipe:
         self.hooks: dict[str, list[Callable]] = {kind: [] for kind in HOOKS}
         self.optimizers = self._build_optimizers(train)
         self._critics: dict[str, _Critic] = {}
+        # The next batch of the run's stream, for recipes that read several per iteration;
+        # the engine binds it (see the module docstring).
+        self.draw: Callable[[], Batch | torch.Tensor] | None = None
 
     # -- contract checks and optimisers ---------------------------------------------
+
+    @staticmethod
+    def _option(train: dict[str, Any], key: str) -> Any:
+        """``train[key]``, or its default where a hand-made ``train`` dict leaves it out."""
+        from brainkern.train.config import DEFAULTS
+
+        return train.get(key, DEFAULTS["train"][key])
+
+    @staticmethod
+    def _choice(train: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
+        value = Recipe._option(train, key)
+        if value not in allowed:
+            raise ValueError(f"train.{key} must be one of {allowed}, got {value!r}")
+        return value
 
     def _check_options(self, train: dict[str, Any]) -> None:
         from brainkern.train.config import DEFAULTS
@@ -413,32 +442,105 @@ class GANRecipe(Recipe):
 
 @register_recipe("alpha")
 class AlphaRecipe(Recipe):
-    """Encoder + generator + discriminator + code discriminator (alpha-GAN family)."""
+    """Encoder + generator + discriminator + code discriminator (alpha-GAN family).
+
+    One iteration, in Kwon et al.'s order (encoder-generator, discriminator, code
+    discriminator):
+
+    1. Encoder and generator as one network on ``L_E + L_G``: the adversarial loss
+       of reconstructions ``G(E(x))`` and samples ``G(z)`` against the image
+       discriminator, ``lambda_rec`` times the L1 reconstruction error, and the
+       encodings' adversarial loss against the code discriminator. Kwon et al.
+       update the generator twice per step (``g_updates``, 2) and the encoder once;
+       ``train.eg_schedule`` chooses how:
+
+       - ``"paper"`` (default): one forward and backward of ``L_E + L_G`` updates
+         both; then the generator alone is updated ``g_updates - 1`` more times, each
+         on ``L_G`` computed afresh (the updated generator, new prior codes, the
+         encoder run without gradients: the code term does not reach the generator).
+       - ``"reference"``: the authors' code: one forward and backward, the encoder's
+         optimiser steps once and the generator's ``g_updates`` times on those same
+         gradients (Adam's moments move between the steps, so the steps differ).
+       - ``"joint"``: encoder and generator both updated ``g_updates`` times, each on
+         a fresh forward (brainkern's earlier schedule; the encoder moves twice).
+
+    2. The image discriminator, ``d_updates`` times: real volumes against
+       reconstructions and samples (with ``wgan-gp`` a gradient penalty for each).
+    3. The code discriminator, once: prior codes are "real", encodings "fake".
+
+    ``train.critic_batch``: ``"fresh"`` (default, as the authors' code) runs steps 2
+    and 3 on the next real batch, taken from :attr:`Recipe.draw` (the engine binds
+    it), and encodes that batch for both; an iteration then consumes two batches,
+    so an epoch passes in half the iterations. ``"same"`` reuses the batch of step 1.
+
+    Logged: ``loss_g`` and ``loss_rec`` of the generator's last update, ``loss_e``
+    (the code term) of the encoder's last update.
+
+    Raises:
+        ValueError: (at construction) an unknown ``eg_schedule`` or ``critic_batch``;
+            (in :meth:`step`) ``critic_batch="fresh"`` with no ``draw`` bound.
+    """
 
     networks = ("encoder", "generator", "discriminator", "code_discriminator")
     losses = ("loss_g", "loss_rec", "loss_e", "loss_d", "gp_d", "loss_c", "gp_c")
-    options = ("lambda_rec",)
+    options = ("lambda_rec", "eg_schedule", "critic_batch")
+    SCHEDULES = ("paper", "reference", "joint")
+    CRITIC_BATCHES = ("fresh", "same")
 
-    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        real = self.images(batch)
+    def __init__(
+        self, model: nn.Module, train: dict[str, Any], device: torch.device, world: World | None = None
+    ) -> None:
+        super().__init__(model, train, device, world)
+        self.eg_schedule = self._choice(train, "eg_schedule", self.SCHEDULES)
+        self.critic_batch = self._choice(train, "critic_batch", self.CRITIC_BATCHES)
+
+    def _eg_losses(
+        self, real: torch.Tensor, *, encoder: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The adversarial, reconstruction and code terms of ``L_E + L_G`` on ``real``;
+        ``encoder=False``: the encoder runs without gradients and the code term
+        (``None``) is left out."""
         E, G = self.model.encoder, self.model.generator
         D, C = self.critic("discriminator"), self.critic("code_discriminator")
-        n = real.shape[0]
+        self._before_critic("discriminator", *(("code_discriminator",) if encoder else ()))
+        with self.autocast():
+            with contextlib.nullcontext() if encoder else torch.no_grad():
+                z_e = E(real)
+            x_rec, x_rand = G(z_e), G(self._latent(real.shape[0]))
+            adv = generator_loss(self.loss, [D(x_rec), D(x_rand)])
+            rec = l1_reconstruction(real, x_rec)
+            code = generator_loss(self.loss, [C(z_e)]) if encoder else None
+        return adv, rec, code
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.critic_batch == "fresh" and self.draw is None:
+            raise ValueError(
+                "train.critic_batch='fresh' reads a second real batch per iteration through "
+                "recipe.draw, which is not bound: set recipe.draw to a function returning the next "
+                "batch (the Trainer does), or use train.critic_batch='same'"
+            )
+        real = self.images(batch)
+        E, G = self.model.encoder, self.model.generator
         logs: dict[str, torch.Tensor] = {}
-        # 1. encoder and generator as one network (Kwon et al.: L_G + L_E, updated twice).
+        # 1. encoder and generator (see the class docstring for the schedules).
         with frozen(self.model.discriminator, self.model.code_discriminator):
-            for _ in range(self.g_updates):
-                self._before_critic("discriminator", "code_discriminator")
-                with self.autocast():
-                    z_e = E(real)
-                    x_rec, x_rand = G(z_e), G(self._latent(n))
-                    adv = generator_loss(self.loss, [D(x_rec), D(x_rand)])
-                    rec = l1_reconstruction(real, x_rec)
-                    code = generator_loss(self.loss, [C(z_e)])
-                    loss_eg = adv + self.lambda_rec * rec + code
-                self._update(loss_eg, "encoder", "generator")
+            adv, rec, code = self._eg_losses(real, encoder=True)
+            self._update(adv + self.lambda_rec * rec + code, "encoder", "generator")
+            for _ in range(self.g_updates - 1):
+                if self.eg_schedule == "reference":
+                    # The gradients are already averaged over the processes: step on them again.
+                    self.optimizers["generator"].step()
+                elif self.eg_schedule == "joint":
+                    adv, rec, code = self._eg_losses(real, encoder=True)
+                    self._update(adv + self.lambda_rec * rec + code, "encoder", "generator")
+                else:
+                    adv, rec, _ = self._eg_losses(real, encoder=False)
+                    self._update(adv + self.lambda_rec * rec, "generator")
         logs.update(loss_g=adv.detach(), loss_rec=rec.detach(), loss_e=code.detach())
         # 2. the image discriminator: real against reconstructions and samples.
+        if self.critic_batch == "fresh":
+            real = self.images(self.draw())
+        n = real.shape[0]
         with torch.no_grad(), self.autocast():
             z_e = self._full(E(real))
             x_rec, x_rand = self._full(G(z_e)), self._full(G(self._latent(n)))
@@ -451,11 +553,34 @@ class AlphaRecipe(Recipe):
 
 @register_recipe("vae-gan")
 class VAEGANRecipe(Recipe):
-    """Variational encoder + generator + discriminator (VAE-GAN)."""
+    """Variational encoder + generator + discriminator (VAE-GAN, Larsen et al. 2016).
+
+    Per iteration, ``g_updates`` times: the encoder on ``lambda_kl * KL +
+    lambda_rec * rec`` and the generator on ``adversarial + lambda_dec * rec``
+    (one forward; each network's loss reaches only its own parameters); then the
+    discriminator ``d_updates`` times on real, reconstructed and sampled volumes.
+
+    The defaults are those of Kwon et al.'s VAE-GAN code: ``kl_reduction="mean"``
+    (the KL averaged over batch and latent dimensions), ``reconstruction="mse"``,
+    ``lambda_kl`` 1, ``lambda_rec`` 10, ``lambda_dec`` 20. That code updates the
+    discriminator first and gives the generator the saturating minimax loss;
+    brainkern keeps its encoder-generator-first order and the non-saturating loss.
+
+    Raises:
+        ValueError: an unknown ``kl_reduction`` or ``reconstruction``.
+    """
 
     networks = ("encoder", "generator", "discriminator")
     losses = ("loss_g", "loss_rec", "loss_kl", "loss_d", "gp_d")
-    options = ("lambda_rec", "lambda_kl")
+    options = ("lambda_rec", "lambda_kl", "lambda_dec", "kl_reduction", "reconstruction")
+
+    def __init__(
+        self, model: nn.Module, train: dict[str, Any], device: torch.device, world: World | None = None
+    ) -> None:
+        super().__init__(model, train, device, world)
+        self.lambda_dec = float(self._option(train, "lambda_dec"))
+        self.kl_reduction = self._choice(train, "kl_reduction", KL_REDUCTIONS)
+        self.reconstruction = self._choice(train, "reconstruction", RECONSTRUCTIONS)
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         real = self.images(batch)
@@ -470,10 +595,10 @@ class VAEGANRecipe(Recipe):
                     z_e = mu + self._noise(mu) * (0.5 * logvar).exp()
                     x_rec, x_rand = G(z_e), G(self._latent(n))
                     adv = generator_loss(self.loss, [D(x_rec), D(x_rand)])
-                    rec = l1_reconstruction(real, x_rec)
-                    kl = kl_standard_normal(mu, logvar)
+                    rec = reconstruction_loss(self.reconstruction, real, x_rec)
+                    kl = kl_standard_normal(mu, logvar, self.kl_reduction)
                     loss_e = self.lambda_kl * kl + self.lambda_rec * rec
-                    loss_g = adv + self.lambda_rec * rec
+                    loss_g = adv + self.lambda_dec * rec
                 for opt in (self.optimizers["encoder"], self.optimizers["generator"]):
                     opt.zero_grad(set_to_none=True)
                 # The encoder learns from the prior and reconstruction terms only, the

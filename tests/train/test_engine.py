@@ -152,17 +152,32 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert losses(tmp_path / "whole") == losses(tmp_path / "split")
 
 
-def _nan_batch_at(monkeypatch, at: int) -> None:
-    """Batch number ``at`` (from 1) comes back as NaN images."""
+@pytest.mark.parametrize("critic_batch, per_iteration", [("fresh", 2), ("same", 1)])
+def test_an_alpha_iteration_reads_a_fresh_batch_for_the_critics(critic_batch, per_iteration, tmp_path):
+    """train.critic_batch='fresh' (Kwon et al.'s code): the discriminators train on the next
+    batch of the run's own stream, so an epoch passes in half the iterations. Also the
+    kwon2019 presets' data.clip=null (no quantile clipping) reaches preprocessing."""
+    cfg = tiny(iters=3, critic_batch=critic_batch)
+    cfg["data"]["clip"] = None
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=None)
+    assert trainer.dataset.config["clip"] is None
+    trainer.fit()
+    # 6 training volumes in batches of 2: 3 batches an epoch, each read once per epoch.
+    state = trainer.batches.state_dict()
+    read = 3 * state["epoch"] + state["position"] // 2
+    assert read == 3 * per_iteration
+
+
+def _nan_batch_at(monkeypatch, trainer: Trainer, at: int) -> None:
+    """The batches iteration ``at`` (from 1) reads come back as NaN images (an alpha
+    iteration reads two: train.critic_batch='fresh')."""
     from brainkern.train import data
 
-    calls = {"n": 0}
     original = data.Batches.__next__
 
     def poisoned(self):
-        calls["n"] += 1
         batch = original(self)
-        if calls["n"] == at:
+        if trainer.iteration == at - 1:  # the engine counts an iteration once it is done
             batch["image"] = torch.full_like(batch["image"], float("nan"))
         return batch
 
@@ -172,7 +187,7 @@ def _nan_batch_at(monkeypatch, at: int) -> None:
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     trainer = Trainer(tiny(), run, progress=False, log=None)
-    _nan_batch_at(monkeypatch, 5)
+    _nan_batch_at(monkeypatch, trainer, 5)
     with pytest.raises(Diverged, match="non-finite at iteration 5.*last good checkpoint"):
         trainer.fit()
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
@@ -187,7 +202,7 @@ def test_divergence_between_log_lines_is_caught_before_anything_is_written(tmp_p
     cfg = tiny(iters=8)
     cfg["log"].update(every=4, checkpoint_every=6, picture_every=100)
     trainer = Trainer(cfg, run, progress=False, log=None)
-    _nan_batch_at(monkeypatch, 6)
+    _nan_batch_at(monkeypatch, trainer, 6)
     with pytest.raises(Diverged, match="non-finite at iteration 6; no checkpoint was written yet"):
         trainer.fit()
     assert not (run / "checkpoints" / "last.pt").exists()  # the save at 6 was refused

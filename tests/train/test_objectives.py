@@ -10,6 +10,8 @@ from brainkern.train.objectives import (
     generator_loss,
     kl_standard_normal,
     l1_reconstruction,
+    mse_reconstruction,
+    reconstruction_loss,
 )
 
 
@@ -58,6 +60,29 @@ def test_l1_and_kl():
     assert float(kl_standard_normal(mu, logvar)) == 0.0
     # KL(N(1, 1) || N(0, 1)) = 1/2 per dimension.
     assert float(kl_standard_normal(torch.ones(3, 4), logvar)) == pytest.approx(2.0)
+
+
+def test_kl_reductions_and_mse_against_their_formulas():
+    g = torch.Generator().manual_seed(1)
+    mu, logvar = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(3, 5, generator=g).double()
+    # KL(N(m, s^2) || N(0, 1)) = (m^2 + s^2 - 1) / 2 - log s, per dimension.
+    var = logvar.exp()
+    per_dim = (mu**2 + var - 1) / 2 - torch.log(var.sqrt())
+    total = kl_standard_normal(mu, logvar, "sum")
+    torch.testing.assert_close(total, per_dim.sum() / 3)
+    torch.testing.assert_close(kl_standard_normal(mu, logvar), total)  # "sum" stays the default
+    # "mean" (Kwon et al.'s VAE-GAN code): over batch and latent dimensions, the sum / L.
+    torch.testing.assert_close(kl_standard_normal(mu, logvar, "mean"), total / 5)
+    torch.testing.assert_close(kl_standard_normal(mu, logvar, "mean"), per_dim.mean())
+    x, y = torch.randn(2, 1, 2, 3, 2, generator=g).double(), torch.randn(2, 1, 2, 3, 2, generator=g).double()
+    explicit = sum(float(a - b) ** 2 for a, b in zip(x.flatten(), y.flatten(), strict=True)) / x.numel()
+    assert float(mse_reconstruction(x, y)) == pytest.approx(explicit, rel=1e-12)
+    assert float(reconstruction_loss("mse", x, y)) == pytest.approx(explicit, rel=1e-12)
+    assert float(reconstruction_loss("l1", x, y)) == float(l1_reconstruction(x, y))
+    with pytest.raises(ValueError, match="unknown KL reduction 'max'"):
+        kl_standard_normal(mu, logvar, "max")
+    with pytest.raises(ValueError, match="unknown reconstruction loss 'l2'"):
+        reconstruction_loss("l2", x, y)
 
 
 def test_errors(outputs):
