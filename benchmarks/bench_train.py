@@ -58,6 +58,7 @@ def make_iteration(provider: str, smoke: bool):
     ).to(DEVICE)
     recipe = make_recipe(model, dict(DEFAULTS["train"]), DEVICE)
     real = torch.rand(s["batch"], 1, *s["shape"], device=DEVICE) * 2 - 1
+    recipe.draw = lambda: real  # the discriminators' fresh batch (train.critic_batch) is the same one
 
     def iteration() -> dict[str, torch.Tensor]:
         with use_backend("reference") if provider == "reference-ops" else contextlib.nullcontext():

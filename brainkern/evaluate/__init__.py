@@ -4,6 +4,11 @@
 - :func:`batch_mmd2`, :func:`ms_ssim_diversity`, :func:`matched_noise`,
   :func:`generation_table`, :func:`format_table` (``generation``): Kwon et al.'s
   Table 1 (seed 001);
+- :func:`kernel_mmd2`, :func:`memorisation`, :func:`rbf_bandwidths`
+  (``distribution``): unbiased RBF MMD^2 and KID on volumes, and the
+  nearest-training-volume check, which the trivial generators of
+  :mod:`brainkern.evaluate.baselines` (:func:`mean_volume`, :func:`voxel_gaussian`,
+  :func:`training_copies`) cannot win;
 - :func:`triplanar_mosaic`, :func:`loss_curves` (``pictures``): PNG pictures.
 
 What a paper compares with these metrics is an experiment, in
@@ -21,6 +26,15 @@ from brainkern._lazy import lazy_exports
 
 _EXPORTS = {
     "batch_mmd2": "generation",
+    "kernel_mmd2": "distribution",
+    "make_baselines": "baselines",
+    "mean_volume": "baselines",
+    "memorisation": "distribution",
+    "nearest_distances": "distribution",
+    "rbf_bandwidths": "distribution",
+    "training_copies": "baselines",
+    "verdict": "generation",
+    "voxel_gaussian": "baselines",
     "format_table": "generation",
     "generation_table": "generation",
     "loss_curves": "pictures",

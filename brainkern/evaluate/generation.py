@@ -11,6 +11,14 @@ Kwon et al. (2019, seed 001, "Quantitative Results") judge a 3D brain generator 
   volumes (lower = more diverse; a collapsed generator scores near 1), read next to
   the same figure for pairs of real volumes.
 
+Both can be won by a generator that learned nothing: the linear batch MMD^2 falls
+with the generated set's own variance (the mean training volume beats real data
+on it), and MS-SSIM rewards any set of the right similarity. So
+:func:`generation_table` sets beside them the unbiased RBF MMD^2 on voxels and on
+4^3 blocks and the memorisation check (:mod:`brainkern.evaluate.distribution`), and
+a table is read against the trivial generators of
+:mod:`brainkern.evaluate.baselines`; :func:`verdict` says which of them a model beats.
+
 Every function takes volumes as torch tensors or numpy arrays (memory-mapped ones
 included) of shape ``(N, 1, D, H, W)`` or ``(N, D, H, W)``. The inputs stay where
 they are; only one chunk of tests or pairs is gathered, cast to float32 and moved to
@@ -21,91 +29,29 @@ All randomness comes from a ``torch.Generator`` seeded by the ``seed`` argument.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
-import numpy as np
 import torch
 
-from brainkern.evaluate.ms_ssim import ms_ssim3d, number_of_scales
+from brainkern.evaluate._volumes import (
+    _CHUNK_BYTES,
+    _TESTS_PER_CHUNK,
+    VolumesLike,
+    _check_count,
+    _device,
+    _generator,
+    _paired_chunks,
+    _Tick,
+    _Volumes,
+    voxel_moments,
+)
+from brainkern.evaluate.distribution import KERNEL_COLUMNS, _kernel_mmd2, _memorisation, rbf_bandwidths
+from brainkern.evaluate.ms_ssim import minimum_side, ms_ssim3d
 
-__all__ = ["batch_mmd2", "format_table", "generation_table", "matched_noise", "ms_ssim_diversity"]
+__all__ = ["batch_mmd2", "format_table", "generation_table", "matched_noise", "ms_ssim_diversity", "voxel_sd"]
 
-VolumesLike = torch.Tensor | np.ndarray
-
-# At most this many MMD tests are gathered at once, and fewer when one side of the
-# chunk would exceed _CHUNK_BYTES (10 tests of 8 volumes of 128^3 are 670 MB a side).
-_TESTS_PER_CHUNK = 10
-_CHUNK_BYTES = 256 * 2**20
 # MS-SSIM's default window; volumes smaller than this on a side cannot be compared.
 _WIN_SIZE = 7
-
-_Tick = Callable[[], Any] | None
-
-
-class _Volumes:
-    """A read-only view of a set of volumes, optionally through an index map.
-
-    Gathers chunks as float32 ``(k, 1, D, H, W)`` tensors on a device without ever
-    copying or converting the whole set.
-    """
-
-    def __init__(self, data: VolumesLike, name: str, index: np.ndarray | None = None):
-        if not isinstance(data, (torch.Tensor, np.ndarray)):
-            raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(data).__name__}")
-        if data.ndim not in (4, 5) or (data.ndim == 5 and data.shape[1] != 1):
-            raise ValueError(
-                f"{name}: expected volumes of shape (N, 1, D, H, W) or (N, D, H, W), got {tuple(data.shape)}"
-            )
-        if isinstance(data, torch.Tensor):
-            real_valued = not (data.dtype.is_complex or data.dtype == torch.bool)
-        else:
-            real_valued = data.dtype.kind in "fiu"
-        if not real_valued:
-            raise TypeError(f"{name}: expected real-valued volumes, got dtype {data.dtype}")
-        self.data, self.name, self.index = data, name, index
-        self.grid: tuple[int, int, int] = tuple(int(s) for s in data.shape[-3:])  # type: ignore[assignment]
-
-    def __len__(self) -> int:
-        return len(self.index) if self.index is not None else int(self.data.shape[0])
-
-    @property
-    def voxels(self) -> int:
-        return math.prod(self.grid)
-
-    def subset(self, rows: torch.Tensor | np.ndarray) -> _Volumes:
-        rows = np.asarray(rows, dtype=np.int64)
-        index = rows if self.index is None else self.index[rows]
-        return _Volumes(self.data, self.name, index)
-
-    def take(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Volumes ``rows`` (any shape ``S`` of indices) as float32 ``(*S, 1, D, H, W)`` on ``device``."""
-        flat = rows.reshape(-1).cpu().numpy().astype(np.int64)
-        if self.index is not None:
-            flat = self.index[flat]
-        if isinstance(self.data, torch.Tensor):
-            picked = self.data.detach()[torch.as_tensor(flat, device=self.data.device)]
-        else:
-            # Fancy indexing reads only these rows, also from a np.memmap.
-            picked = torch.from_numpy(np.ascontiguousarray(self.data[flat]))
-        picked = picked.to(device=device, dtype=torch.float32)
-        return picked.reshape(*rows.shape, 1, *self.grid)
-
-
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device("cpu") if device is None else torch.device(device)
-
-
-def _generator(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(int(seed))
-    return g
-
-
-def _mean_std(values: list[torch.Tensor]) -> tuple[float, float]:
-    """Mean and population standard deviation (ddof 0) of the concatenated values, in float64."""
-    v = torch.cat(values).double()
-    return float(v.mean()), float(v.std(correction=0))
 
 
 def _mmd_indices(
@@ -138,12 +84,6 @@ def _pair_indices(n: int, n_pairs: int, seed: int) -> tuple[torch.Tensor, torch.
     return i, j + (j >= i).long()
 
 
-def _check_count(name: str, value: int, minimum: int = 1) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _batch_mmd2(
     real: _Volumes,
     fake: _Volumes,
@@ -168,16 +108,11 @@ def _batch_mmd2(
             )
     real_idx, fake_idx = _mmd_indices(len(real), len(fake), n_tests, batch_size, seed)
     per_chunk = max(1, min(_TESTS_PER_CHUNK, _CHUNK_BYTES // (batch_size * real.voxels * 4)))
-    values = []
-    with torch.no_grad():
-        for start in range(0, n_tests, per_chunk):
-            x = real.take(real_idx[start : start + per_chunk], device)
-            y = fake.take(fake_idx[start : start + per_chunk], device)
-            values.append(mmd2_batched(x, y, kernel="linear", estimator="biased").cpu())
-            del x, y
-            if tick is not None:
-                tick()
-    mean, std = _mean_std(values)
+
+    def linear(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return mmd2_batched(x, y, kernel="linear", estimator="biased")
+
+    mean, std = _paired_chunks(real, real_idx, fake, fake_idx, per_chunk, device, linear, tick)
     return {
         "mmd2": mean,
         "mmd2_std": std,
@@ -227,10 +162,12 @@ def batch_mmd2(
     )
 
 
-def _check_ms_ssim_grid(vols: _Volumes) -> None:
-    if number_of_scales(vols.grid, _WIN_SIZE) == 0:
+def _check_ms_ssim_grid(vols: _Volumes, convention: str = "standard") -> None:
+    side = minimum_side(convention, _WIN_SIZE)
+    if min(vols.grid) < side:
+        why = "its Gaussian window" if convention == "standard" else "Kwon et al.'s five scales"
         raise ValueError(
-            f"MS-SSIM needs volumes at least {_WIN_SIZE} voxels on every side (its Gaussian window), "
+            f"MS-SSIM ({convention}) needs volumes at least {side} voxels on every side ({why}), "
             f"but {vols.name} has grid {vols.grid}"
         )
 
@@ -244,24 +181,29 @@ def _ms_ssim_diversity(
     batch_size: int,
     device: torch.device,
     tick: _Tick = None,
+    convention: str = "standard",
 ) -> dict:
     if len(vols) < 2:
         raise ValueError(f"MS-SSIM diversity compares pairs of distinct volumes; {vols.name} has {len(vols)}")
-    _check_ms_ssim_grid(vols)
+    _check_ms_ssim_grid(vols, convention)
+    if convention == "standard":
+
+        def pair(a, b):
+            return ms_ssim3d(a, b, data_range, low=low)
+    else:  # Kwon et al.'s code fixes its own constants, window and scales
+
+        def pair(a, b):
+            return ms_ssim3d(a, b, convention=convention)
+
     i, j = _pair_indices(len(vols), n_pairs, seed)
-    values = []
-    with torch.no_grad():
-        for start in range(0, n_pairs, batch_size):
-            a = vols.take(i[start : start + batch_size], device)
-            b = vols.take(j[start : start + batch_size], device)
-            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
-                raise ValueError(f"{vols.name} holds NaN or infinite values")
-            values.append(ms_ssim3d(a, b, data_range, low=low).cpu())
-            del a, b
-            if tick is not None:
-                tick()
-    mean, std = _mean_std(values)
-    return {"ms_ssim": mean, "ms_ssim_std": std, "n_pairs": n_pairs}
+
+    def checked(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            raise ValueError(f"{vols.name} holds NaN or infinite values")
+        return pair(a, b)
+
+    mean, std = _paired_chunks(vols, i, vols, j, batch_size, device, checked, tick)
+    return {"ms_ssim": mean, "ms_ssim_std": std, "n_pairs": n_pairs, "ms_ssim_convention": convention}
 
 
 def ms_ssim_diversity(
@@ -273,6 +215,7 @@ def ms_ssim_diversity(
     seed: int = 0,
     batch_size: int = 50,
     device: torch.device | str | None = None,
+    convention: str = "standard",
 ) -> dict:
     """Mean 3D MS-SSIM over random pairs of distinct volumes (Kwon et al.'s diversity score).
 
@@ -287,9 +230,14 @@ def ms_ssim_diversity(
         seed: seeds the pair draws.
         batch_size: pairs compared at once (bounds memory: ``2 * batch_size`` volumes).
         device: where the arithmetic runs (default CPU).
+        convention: ``"standard"`` (Wang et al.'s definition, the default) or
+            ``"kwon2019"`` (the variant of Kwon et al.'s code, whose numbers Table 1
+            reports; it ignores ``data_range`` and ``low``): see
+            :func:`brainkern.evaluate.ms_ssim3d`.
 
     Returns:
-        ``{"ms_ssim": mean, "ms_ssim_std": population std over pairs, "n_pairs": ...}``.
+        ``{"ms_ssim": mean, "ms_ssim_std": population std over pairs, "n_pairs": ...,
+        "ms_ssim_convention": ...}``.
 
     Raises:
         ValueError: fewer than 2 volumes, a grid smaller than the 7-voxel window on
@@ -301,7 +249,9 @@ def ms_ssim_diversity(
     if not data_range > 0:
         raise ValueError(f"data_range must be positive, got {data_range!r}")
     vols = _Volumes(volumes, "volumes")
-    return _ms_ssim_diversity(vols, n_pairs, float(data_range), float(low), seed, batch_size, _device(device))
+    return _ms_ssim_diversity(
+        vols, n_pairs, float(data_range), float(low), seed, batch_size, _device(device), None, convention
+    )
 
 
 def matched_noise(real: VolumesLike, n: int, *, seed: int = 0) -> torch.Tensor:
@@ -347,20 +297,7 @@ def matched_noise(real: VolumesLike, n: int, *, seed: int = 0) -> torch.Tensor:
 
 
 def _voxel_sd(vols: _Volumes) -> float:
-    # Welford's per-voxel update in float64, a chunk of volumes at a time.
-    count, mean, m2 = 0, None, None
-    step = max(1, _CHUNK_BYTES // (vols.voxels * 8))
-    for start in range(0, len(vols), step):
-        chunk = vols.take(torch.arange(start, min(start + step, len(vols))), torch.device("cpu"))
-        for x in chunk.double().flatten(1):
-            count += 1
-            if mean is None:
-                mean, m2 = x.clone(), torch.zeros_like(x)
-                continue
-            delta = x - mean
-            mean += delta / count
-            m2 += delta * (x - mean)
-    return float((m2 / count).sqrt().mean())
+    return float(voxel_moments(vols)[1].mean())
 
 
 def voxel_sd(volumes: VolumesLike) -> float:
@@ -380,62 +317,99 @@ def voxel_sd(volumes: VolumesLike) -> float:
     return _voxel_sd(vols)
 
 
+# Columns of a generation table where lower is better, and those read against the real row.
+LOWER_IS_BETTER = ("mmd2", *KERNEL_COLUMNS)
+CLOSER_TO_REAL = ("ms_ssim", "voxel_sd")
+
+
 def generation_table(
     real: VolumesLike,
     candidates: Mapping[str, VolumesLike],
     *,
+    train: VolumesLike | None = None,
+    real_is_train: bool = False,
     n_tests: int = 100,
     batch_size: int = 8,
     n_pairs: int = 1000,
     data_range: float = 2.0,
     low: float = -1.0,
+    ms_ssim: str = "standard",
+    kernel_columns: tuple[str, ...] = ("mmd2_rbf", "mmd2_rbf4"),
+    n_subsets: int = 20,
+    subset_size: int = 32,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> list[dict]:
-    """Kwon et al.'s Table 1 for several candidate sets of volumes, and the real row.
+    """Kwon et al.'s Table 1 for several candidate sets of volumes, with the metrics a
+    trivial generator cannot win beside it, and the real row.
 
-    Every candidate is compared with the same real draws (same ``seed``), so the
-    differences between rows do not come from different real batches.
+    Every candidate is compared with the same real draws (same ``seed``) and the same
+    kernel, so the differences between rows do not come from different real batches.
 
     Args:
-        real: the real volumes, ``(N, 1, D, H, W)`` or ``(N, D, H, W)``.
-        candidates: name -> generated volumes on the same grid (e.g. a model's
-            samples, :func:`matched_noise`, a baseline).
+        real: the real volumes the candidates are compared with, ``(N, 1, D, H, W)`` or
+            ``(N, D, H, W)``: held-out subjects where there are some.
+        candidates: name -> generated volumes on the same grid (a model's samples,
+            :mod:`brainkern.evaluate.baselines`, :func:`matched_noise`, ...).
+        train: the generator's training volumes, for the memorisation check
+            (:func:`brainkern.evaluate.memorisation`; ``real`` is its reference).
+            ``None``: no memorisation columns.
+        real_is_train: ``real`` are the training volumes themselves (a run without a
+            held-out part): the memorisation reference is then each training volume's
+            nearest other one, and the training copies match ``real`` by construction.
         n_tests, batch_size: as :func:`batch_mmd2`.
         n_pairs, data_range, low: as :func:`ms_ssim_diversity`.
+        ms_ssim: MS-SSIM convention, ``"standard"`` or ``"kwon2019"``.
+        kernel_columns: unbiased kernel MMD^2 columns
+            (:func:`brainkern.evaluate.kernel_mmd2`), from
+            :data:`brainkern.evaluate.distribution.KERNEL_COLUMNS`: ``mmd2_rbf`` (RBF on
+            voxels), ``mmd2_rbf2`` / ``mmd2_rbf4`` (RBF on volumes averaged over 2^3 / 4^3
+            blocks: spatial structure, which independent voxel noise lacks), ``kid`` (KID's
+            cubic kernel on voxels). RBF bandwidths come from ``real``, one set per scale.
+        n_subsets, subset_size: the kernel MMD^2's subsets.
         seed: seeds every draw.
         device: where the arithmetic runs (default CPU).
-        progress: show a tqdm bar (one step per chunk of tests or pairs).
+        progress: show a tqdm bar (one step per chunk of work).
 
     Returns:
-        One dict per candidate, in order, then one for ``"real"``, each
-        ``{"model", "mmd2", "mmd2_std", "mmd2_per_voxel", "ms_ssim", "ms_ssim_std", "voxel_sd"}``
-        (``voxel_sd``: :func:`voxel_sd` of the set).
+        One dict per candidate, in order, then one for ``"real"``, each with
+        ``model``, ``mmd2``, ``mmd2_std``, ``mmd2_per_voxel``, ``ms_ssim``,
+        ``ms_ssim_std``, ``ms_ssim_convention``, ``voxel_sd`` (:func:`voxel_sd`),
+        each of ``kernel_columns`` (and its ``_std``), and with ``train``:
+        ``nn_ratio``, ``copy_rate``, ``memorisation`` (the full dict).
         The real row's MS-SSIM is over pairs of real volumes; its MMD fields compare
-        two disjoint random halves of the real set (the MMD^2 two samples of the same
-        distribution reach at this batch size), or are NaN when there are fewer than
-        ``2 * batch_size`` real volumes.
+        two disjoint random halves of the real set (what two samples of the same
+        distribution reach), or are NaN when there are fewer than ``2 * batch_size``
+        real volumes; its memorisation fields are NaN (it is the reference).
 
     Raises:
         ValueError, TypeError: as :func:`batch_mmd2` and :func:`ms_ssim_diversity`,
-            a candidate named ``"real"``, or no candidates and too few real volumes.
+            a candidate named ``"real"``, an unknown kernel, or no candidates and too
+            few real volumes.
     """
     n_tests = _check_count("n_tests", n_tests)
     batch_size = _check_count("batch_size", batch_size)
     n_pairs = _check_count("n_pairs", n_pairs)
+    n_subsets = _check_count("n_subsets", n_subsets)
+    subset_size = _check_count("subset_size", subset_size, 2)
     if not data_range > 0:
         raise ValueError(f"data_range must be positive, got {data_range!r}")
     if "real" in candidates:
         raise ValueError('"real" names the reference row of the table; rename that candidate')
+    unknown = [k for k in kernel_columns if k not in KERNEL_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown kernel column(s) {unknown}; choose from {tuple(KERNEL_COLUMNS)}")
     dev = _device(device)
     real_v = _Volumes(real, "real")
+    train_v = None if train is None else _Volumes(train, "train")
     cands = {name: _Volumes(v, f"candidate {name!r}") for name, v in candidates.items()}
     # Check everything cheap first, so a bad last candidate fails before minutes of work.
-    _check_ms_ssim_grid(real_v)
-    for v in cands.values():
+    _check_ms_ssim_grid(real_v, ms_ssim)
+    for v in [*cands.values(), *([train_v] if train_v is not None else [])]:
         if v.grid != real_v.grid:
             raise ValueError(f"{v.name} has grid {v.grid}, the real volumes {real_v.grid}")
+    for v in cands.values():
         for who in (real_v, v):
             if len(who) < batch_size:
                 raise ValueError(f"{who.name} has {len(who)} volumes, fewer than batch_size={batch_size}")
@@ -443,17 +417,26 @@ def generation_table(
             raise ValueError(f"{v.name} has {len(v)} volume; MS-SSIM diversity needs at least 2")
     if len(real_v) < 2:
         raise ValueError(f"real has {len(real_v)} volume; MS-SSIM diversity needs at least 2")
+    bandwidths = {
+        col: rbf_bandwidths(real, pool=KERNEL_COLUMNS[col][1], seed=seed, device=dev)
+        for col in kernel_columns
+        if KERNEL_COLUMNS[col][0] == "rbf"
+    }
+    reference = None if real_is_train else real_v
 
     halves = len(real_v) >= 2 * batch_size
     mmd_chunks = math.ceil(
         n_tests / max(1, min(_TESTS_PER_CHUNK, _CHUNK_BYTES // (batch_size * real_v.voxels * 4)))
+    )
+    kernel_chunks = len(kernel_columns) * math.ceil(
+        n_subsets / max(1, _CHUNK_BYTES // (subset_size * real_v.voxels * 4))
     )
     pair_chunks = math.ceil(n_pairs / 50)
     bar = None
     if progress:
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        total = (len(cands) + 1) * pair_chunks + (len(cands) + halves) * mmd_chunks
+        total = (len(cands) + 1) * pair_chunks + (len(cands) + halves) * (mmd_chunks + kernel_chunks)
         bar = tqdm(total=total, desc="generation metrics", unit="chunk")
     tick = bar.update if bar is not None else None
 
@@ -461,44 +444,71 @@ def generation_table(
         if bar is not None:
             bar.set_postfix_str(what)
 
+    def distances(a: _Volumes, b: _Volumes, name: str) -> dict:
+        describe(f"{name}: MMD^2")
+        out = {"linear": _batch_mmd2(a, b, n_tests, batch_size, seed, dev, tick)}
+        for col in kernel_columns:
+            describe(f"{name}: {col}")
+            kernel, pool = KERNEL_COLUMNS[col]
+            bw = bandwidths.get(col)
+            out[col] = _kernel_mmd2(a, b, kernel, n_subsets, subset_size, bw, seed, dev, tick, pool)
+        return out
+
     rows = []
     try:
         for name, vols in cands.items():
-            describe(f"{name}: MMD^2")
-            mmd = _batch_mmd2(real_v, vols, n_tests, batch_size, seed, dev, tick)
+            mmd = distances(real_v, vols, name)
             describe(f"{name}: MS-SSIM")
-            div = _ms_ssim_diversity(vols, n_pairs, data_range, low, seed, 50, dev, tick)
-            rows.append(_row(name, mmd, div, _voxel_sd(vols)))
+            div = _ms_ssim_diversity(vols, n_pairs, data_range, low, seed, 50, dev, tick, ms_ssim)
+            memo = None
+            if train_v is not None:
+                describe(f"{name}: memorisation")
+                memo = _memorisation(vols, train_v, reference, 0.05, dev)
+            rows.append(_row(name, mmd, div, _voxel_sd(vols), memo))
         describe("real: MS-SSIM")
-        div = _ms_ssim_diversity(real_v, n_pairs, data_range, low, seed, 50, dev, tick)
+        div = _ms_ssim_diversity(real_v, n_pairs, data_range, low, seed, 50, dev, tick, ms_ssim)
         if halves:
-            describe("real: MMD^2 of halves")
             perm = torch.randperm(len(real_v), generator=_generator(seed + 1)).numpy()
             half = len(real_v) // 2
             a = real_v.subset(perm[:half])
             b = real_v.subset(perm[half : 2 * half])
             a.name, b.name = "real half A", "real half B"
-            mmd = _batch_mmd2(a, b, n_tests, batch_size, seed, dev, tick)
+            mmd = distances(a, b, "real halves")
         else:
-            nan = float("nan")
-            mmd = {"mmd2": nan, "mmd2_std": nan, "mmd2_per_voxel": nan}
-        rows.append(_row("real", mmd, div, _voxel_sd(real_v)))
+            mmd = None
+        rows.append(_row("real", mmd, div, _voxel_sd(real_v), None))
     finally:
         if bar is not None:
             bar.close()
+    if train_v is None:
+        for r in rows:
+            for key in ("nn_ratio", "copy_rate", "memorisation"):
+                r.pop(key)
     return rows
 
 
-def _row(name: str, mmd: dict, div: dict, sd: float) -> dict:
-    return {
+def _row(name: str, mmd: dict | None, div: dict, sd: float, memo: dict | None) -> dict:
+    nan = float("nan")
+    linear = (mmd or {}).get("linear", {})
+    row = {
         "model": name,
-        "mmd2": mmd["mmd2"],
-        "mmd2_std": mmd["mmd2_std"],
-        "mmd2_per_voxel": mmd["mmd2_per_voxel"],
-        "ms_ssim": div["ms_ssim"],
-        "ms_ssim_std": div["ms_ssim_std"],
-        "voxel_sd": sd,
+        "mmd2": linear.get("mmd2", nan),
+        "mmd2_std": linear.get("mmd2_std", nan),
+        "mmd2_per_voxel": linear.get("mmd2_per_voxel", nan),
     }
+    for col, k in (mmd or {}).items():
+        if col != "linear":
+            row[col], row[f"{col}_std"] = k["mmd2"], k["mmd2_std"]
+    row.update(
+        ms_ssim=div["ms_ssim"],
+        ms_ssim_std=div["ms_ssim_std"],
+        ms_ssim_convention=div["ms_ssim_convention"],
+        voxel_sd=sd,
+        nn_ratio=(memo or {}).get("nn_ratio", nan),
+        copy_rate=(memo or {}).get("copy_rate", nan),
+        memorisation=memo,
+    )
+    return row
 
 
 def _fmt(value: float, std: float | None, spec: str) -> str:
@@ -510,23 +520,81 @@ def _fmt(value: float, std: float | None, spec: str) -> str:
     return text
 
 
+# (column, header, format, has a spread) in table order; a column shows when a row has it.
+_COLUMNS = (
+    ("mmd2", "MMD^2 (Kwon, linear)", ".4g", True),
+    ("mmd2_rbf", "MMD^2 (RBF, voxels)", ".3g", True),
+    ("mmd2_rbf2", "MMD^2 (RBF, 2^3 blocks)", ".3g", True),
+    ("mmd2_rbf4", "MMD^2 (RBF, 4^3 blocks)", ".3g", True),
+    ("kid", "KID (voxels)", ".3g", True),
+    ("ms_ssim", "MS-SSIM", ".3f", True),
+    ("voxel_sd", "voxel SD", ".3f", False),
+    ("nn_ratio", "NN ratio", ".2f", False),
+    ("copy_rate", "near copies", ".0%", False),
+)
+
+
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of :func:`generation_table` rows.
 
-    Columns: model | MMD^2 (4 significant digits ± std over tests) | MMD^2/voxel
-    (4 significant digits) | MS-SSIM (3 decimals ± std over pairs) | voxel SD
-    (:func:`voxel_sd`, 3 decimals). Missing or NaN values print as ``n/a``.
+    Columns (those the rows have): model | Kwon et al.'s linear batch MMD^2 (± std over
+    tests) | RBF MMD^2 | KID on voxels (± std over subsets) | MS-SSIM (± std over pairs;
+    the header names the convention when it is Kwon et al.'s) | voxel SD | NN ratio
+    (memorisation: median nearest-training distance of the samples over that of the
+    reference real volumes) | near copies (share of samples nearer to a training
+    volume than 95% of the real reference volumes are). Missing or NaN values print as ``n/a``.
     """
-    lines = [
-        "| model | MMD^2 | MMD^2/voxel | MS-SSIM | voxel SD |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
+    cols = [c for c in _COLUMNS if any(c[0] in r for r in rows)]
+    conv = next((r.get("ms_ssim_convention") for r in rows if r.get("ms_ssim_convention")), "standard")
+    suffix = " (Kwon conv.)" if conv == "kwon2019" else ""
+    headers = [h + (suffix if key == "ms_ssim" else "") for key, h, _, _ in cols]
+    lines = ["| model | " + " | ".join(headers) + " |", "| --- |" + " ---: |" * len(cols)]
     for r in rows:
-        lines.append(
-            f"| {r.get('model', '?')} "
-            f"| {_fmt(r.get('mmd2', math.nan), r.get('mmd2_std'), '.4g')} "
-            f"| {_fmt(r.get('mmd2_per_voxel', math.nan), None, '.4g')} "
-            f"| {_fmt(r.get('ms_ssim', math.nan), r.get('ms_ssim_std'), '.3f')} "
-            f"| {_fmt(r.get('voxel_sd', math.nan), None, '.3f')} |"
-        )
+        cells = [
+            _fmt(r.get(key, math.nan), r.get(f"{key}_std") if spread else None, spec)
+            for key, _, spec, spread in cols
+        ]
+        lines.append(f"| {r.get('model', '?')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def verdict(rows: list[dict], model: str, baselines: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Which baselines ``model`` beats on each metric of a table, and which it does not.
+
+    Lower is better for the MMD^2 columns; MS-SSIM and voxel SD are better the closer
+    they are to the real row's; NN ratio is better the closer it is to 1 (from below:
+    a ratio above 1 counts as 1) and copies the lower. A comparison with a NaN on
+    either side is left out. A metric counts as "better" only where ``model`` beats
+    every baseline: ``{metric: {"beats": [...], "loses": [...]}}``.
+
+    Raises:
+        KeyError: ``model`` or a baseline is not a row of the table.
+    """
+    by_name = {r["model"]: r for r in rows}
+    for name in (model, *baselines):
+        if name not in by_name:
+            raise KeyError(f"{name!r} is not a row of the table (rows: {list(by_name)})")
+    real = by_name.get("real", {})
+
+    def score(row: dict, key: str) -> float:
+        value = row.get(key, math.nan)
+        if key in CLOSER_TO_REAL:
+            return abs(value - real.get(key, math.nan))
+        if key == "nn_ratio":
+            return 1.0 - min(value, 1.0)
+        return value
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for key, *_ in _COLUMNS:
+        if key not in by_name[model]:
+            continue
+        mine = score(by_name[model], key)
+        if not math.isfinite(mine):
+            continue
+        beats, loses = [], []
+        for b in baselines:
+            theirs = score(by_name[b], key)
+            if math.isfinite(theirs):
+                (beats if mine < theirs else loses).append(b)
+        out[key] = {"beats": beats, "loses": loses}
+    return out

@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from brainkern.evaluate.generation import format_table, generation_table, matched_noise
-from brainkern.train.data import evaluation_indices, load_run_data, real_volumes
+from brainkern.evaluate.baselines import make_baselines
+from brainkern.evaluate.generation import format_table, generation_table, matched_noise, verdict
+from brainkern.train.config import DEFAULTS
+from brainkern.train.data import evaluation_indices, load_run_data, real_volumes, training_indices
 from brainkern.train.engine import Callback, Trainer, build_run_model, load_run
 
 
@@ -35,20 +37,26 @@ def evaluate_model(
     real: torch.Tensor,
     cfg: dict[str, Any],
     *,
+    train: torch.Tensor | None = None,
+    real_is_train: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Kwon et al.'s Table 1 for ``model`` against ``real`` volumes, with baselines.
 
     Rows: ``trained`` (``model``), ``untrained`` (the same configuration's initial
-    weights), ``noise`` (matched Gaussian noise) and ``real`` (MS-SSIM of real pairs).
-    Generated volumes come from ``cfg["seed"]``-seeded latents, so a rerun gives
-    the same table.
+    weights), ``noise (matched)``, and with ``train``: ``mean volume``,
+    ``voxel Gaussian`` and ``training copies`` (fitted on ``train`` only); then
+    ``real``. Generated volumes come from ``cfg["seed"]``-seeded latents, so a rerun
+    gives the same table.
 
     Args:
         model: a :class:`~brainkern.models.GenerativeModel`.
-        real: ``(N, 1, D, H, W)`` real volumes (N >= ``evaluate.mmd_batch``).
+        real: ``(N, 1, D, H, W)`` real volumes to compare with (N >= ``evaluate.mmd_batch``).
         cfg: the run's configuration (``evaluate`` section and ``seed``).
+        train: ``(M, 1, D, H, W)`` the model's training volumes: the trivial
+            baselines and the memorisation check (``None``: neither).
+        real_is_train: ``real`` are the training volumes (no held-out part).
     """
     ecfg = cfg["evaluate"]
     n = int(ecfg["n_generated"])
@@ -63,17 +71,32 @@ def evaluate_model(
     )
     del untrained_model
     noise = matched_noise(real, n, seed=seed + 3)
+    candidates = {"trained": trained, "untrained": untrained, "noise (matched)": noise}
+    if train is not None:
+        candidates.update(make_baselines(train, n, seed=seed + 5))
     return generation_table(
         real,
-        {"trained": trained, "untrained": untrained, "noise (matched)": noise},
+        candidates,
+        train=train,
+        real_is_train=real_is_train,
         n_tests=int(ecfg["mmd_tests"]),
         batch_size=int(ecfg["mmd_batch"]),
         n_pairs=int(ecfg["ms_ssim_pairs"]),
         data_range=2.0,
         low=-1.0,
+        ms_ssim=str(ecfg["ms_ssim"]),
+        n_subsets=int(ecfg["kernel_subsets"]),
+        subset_size=int(ecfg["kernel_subset_size"]),
         seed=seed,
         progress=progress,
     )
+
+
+def _real_and_train(dataset, evaluated: np.ndarray, trained_on: np.ndarray):
+    """The real volumes to compare with, the training volumes, and whether they are one set."""
+    same = np.array_equal(np.sort(evaluated), np.sort(trained_on))
+    real = real_volumes(dataset, evaluated)
+    return real, (real if same else real_volumes(dataset, trained_on)), same
 
 
 def evaluate_run(
@@ -84,6 +107,7 @@ def evaluate_run(
     n_generated: int | None = None,
     mmd_tests: int | None = None,
     ms_ssim_pairs: int | None = None,
+    ms_ssim: str | None = None,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], Path]:
     """Kwon et al.'s Table 1 for the run in ``run_dir``, written beside it.
@@ -96,8 +120,9 @@ def evaluate_run(
     Args:
         checkpoint: ``"last"`` or ``"best"``.
         device: where to generate (``"auto"``: CUDA when there is one).
-        n_generated, mmd_tests, ms_ssim_pairs: override the run's ``evaluate``
-            section (``None`` keeps it).
+        n_generated, mmd_tests, ms_ssim_pairs, ms_ssim: override the run's
+            ``evaluate`` section (``None`` keeps it); keys a run's older
+            configuration lacks take today's defaults.
 
     Returns:
         ``(rows, report_path)``: the table's rows and the path of ``report.md``.
@@ -108,6 +133,7 @@ def evaluate_run(
         ValueError, RuntimeError: the run's configuration or data no longer fit.
     """
     model, cfg, ckpt = load_run(run_dir, checkpoint, device)
+    cfg["evaluate"] = {**DEFAULTS["evaluate"], **cfg["evaluate"]}
     for key, value in (
         ("n_generated", n_generated),
         ("mmd_tests", mmd_tests),
@@ -115,13 +141,16 @@ def evaluate_run(
     ):
         if value is not None:
             cfg["evaluate"][key] = int(value)
+    if ms_ssim is not None:
+        cfg["evaluate"]["ms_ssim"] = str(ms_ssim)
     # The data as the run's Trainer saw it: the same split (preprocessing fitted on
     # its training part) and the same real volumes to compare with.
     split, dataset = load_run_data(cfg["data"], progress=progress)
     indices, what = evaluation_indices(dataset, cfg["data"]["classes"], split)
-    real = real_volumes(dataset, indices)
+    trained_on = training_indices(dataset, cfg["data"]["classes"], split)
+    real, train, same = _real_and_train(dataset, indices, trained_on)
     device = next(model.parameters()).device  # where load_run put it ("auto" resolved)
-    rows = evaluate_model(model, real, cfg, device=device, progress=progress)
+    rows = evaluate_model(model, real, cfg, train=train, real_is_train=same, device=device, progress=progress)
     info = report_info(
         model,
         cfg,
@@ -179,24 +208,68 @@ def write_report(run_dir: str | os.PathLike, rows: list[dict[str, Any]], info: d
     ):
         if key in info:
             lines.append(f"- {key.replace('_', ' ')}: {info[key]}")
+    memo = next((r["memorisation"] for r in rows if r.get("memorisation")), None)
+    conv = next((r.get("ms_ssim_convention") for r in rows if r.get("ms_ssim_convention")), "standard")
     lines += [
         "",
-        "## Kwon et al. (2019) Table 1 for this run",
+        "## Generation metrics: Kwon et al. (2019) Table 1 and what a trivial generator scores",
         "",
-        "Batch MMD^2: linear kernel, biased, mean over tests of B real vs B generated volumes (lower is",
-        "closer to the real distribution). MS-SSIM: mean over random pairs of generated volumes (lower is",
-        "more diverse; compare with the real pairs).",
+        f"Every row is compared with the {info.get('real', 'real volumes')}.",
         "",
-        format_table(rows),
-        "",
-        "## Pictures",
-        "",
+        "- MMD^2 (Kwon, linear): Kwon et al.'s biased linear batch MMD^2, mean ± SD over tests of B real",
+        "  vs B generated volumes. It is ||mean difference||^2 plus both batches' own spread, so a",
+        "  generator with too little variance scores well on it (see the mean volume row).",
+        "- MMD^2 (RBF), KID (voxels): unbiased MMD^2 with Gaussian kernels (bandwidths: 0.5, 1, 2 x the",
+        "  median distance between real volumes) and with KID's cubic kernel on voxels, mean ± SD over",
+        "  random subsets; about 0 for two samples of one distribution (lower is better).",
+        f"- MS-SSIM ({'Kwon et al.s code convention' if conv == 'kwon2019' else 'standard definition'}):"
+        " mean over random pairs of a set's volumes;",
+        "  closer to the real row is better (1 = all alike).",
+        "- voxel SD: how much a set varies at each voxel; closer to the real row is better.",
     ]
+    if memo is not None:
+        lines += [
+            "- NN ratio: median distance of each generated volume to its nearest training volume, over",
+            f"  the same for the reference ({memo['reference']}); near 1: as far from the training set as",
+            "  new subjects, near 0: copies. near copies: the share of generated volumes nearer to a",
+            f"  training volume than {100 * (1 - memo['quantile']):.0f}% of the reference volumes are.",
+        ]
+    lines += ["", format_table(rows), ""]
+    lines += verdict_lines(rows)
+    lines += ["## Pictures", ""]
     pictures = sorted((run_dir / "pictures").glob("*.png")) if (run_dir / "pictures").is_dir() else []
     lines += [f"![{p.stem}](pictures/{p.name})" for p in pictures[-2:]] or ["(none)"]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+_METRIC_NAMES = {
+    "mmd2": "MMD^2 (Kwon, linear)",
+    "mmd2_rbf": "MMD^2 (RBF)",
+    "kid": "KID (voxels)",
+    "ms_ssim": "MS-SSIM",
+    "voxel_sd": "voxel SD",
+    "nn_ratio": "NN ratio",
+    "copy_rate": "near copies",
+}
+
+
+def verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """What the table says about the trained generator, metric by metric: "better" only
+    where it beats every baseline row."""
+    names = [r["model"] for r in rows]
+    if "trained" not in names:
+        return []
+    baselines = [n for n in names if n not in ("trained", "real")]
+    lines = ["### Does the trained generator beat every baseline?", ""]
+    for key, result in verdict(rows, "trained", baselines).items():
+        name = _METRIC_NAMES.get(key, key)
+        if not result["loses"]:
+            lines.append(f"- {name}: yes, better than all {len(result['beats'])} baselines")
+        else:
+            lines.append(f"- {name}: no, not better than {', '.join(result['loses'])}")
+    return [*lines, ""]
 
 
 class RunReport(Callback):
@@ -235,9 +308,17 @@ class RunReport(Callback):
         if not self.evaluate:
             return
         indices, what = trainer.evaluation_indices()
-        trainer.log(f"evaluating (Kwon et al. Table 1) against {what} ...")
-        real = real_volumes(trainer.dataset, indices)
-        rows = evaluate_model(trainer.model, real, trainer.cfg, device=trainer.device, progress=self.progress)
+        trainer.log(f"evaluating (Kwon et al. Table 1 and baselines) against {what} ...")
+        real, train, same = _real_and_train(trainer.dataset, indices, trainer.indices)
+        rows = evaluate_model(
+            trainer.model,
+            real,
+            trainer.cfg,
+            train=train,
+            real_is_train=same,
+            device=trainer.device,
+            progress=self.progress,
+        )
         info = report_info(
             trainer.model,
             trainer.cfg,
@@ -250,4 +331,5 @@ class RunReport(Callback):
         )
         path = write_report(trainer.run_dir, rows, info)
         trainer.log(format_table(rows))
+        trainer.log("\n".join(verdict_lines(rows)))
         trainer.log(f"report: {path}")

@@ -100,6 +100,12 @@ DEFAULTS: dict[str, Any] = {
         "mmd_tests": 100,
         "mmd_batch": 8,
         "ms_ssim_pairs": 1000,
+        # "standard" MS-SSIM (Wang et al.), or "kwon2019": what Kwon et al.'s code computes,
+        # to set a figure beside their Table 1 (brainkern.evaluate.ms_ssim3d).
+        "ms_ssim": "standard",
+        # Unbiased RBF MMD^2 columns: random subsets of this many volumes a side.
+        "kernel_subsets": 20,
+        "kernel_subset_size": 32,
     },
 }
 

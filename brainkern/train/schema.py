@@ -102,6 +102,9 @@ TYPES: dict[tuple[str, str], Any] = {
     ("evaluate", "mmd_tests"): Positive,
     ("evaluate", "mmd_batch"): Positive,
     ("evaluate", "ms_ssim_pairs"): Positive,
+    ("evaluate", "ms_ssim"): Literal["standard", "kwon2019"],
+    ("evaluate", "kernel_subsets"): Positive,
+    ("evaluate", "kernel_subset_size"): Annotated[int, BeforeValidator(_number_text), Field(ge=2)],
 }
 
 _BY_DEFAULT = {bool: bool, int: Int, float: float, str: str}

@@ -235,7 +235,10 @@ def test_generation_table_ranks_candidates():
 
     table = format_table(rows)
     lines = table.splitlines()
-    assert lines[0] == "| model | MMD^2 | MMD^2/voxel | MS-SSIM | voxel SD |"
+    assert lines[0] == (
+        "| model | MMD^2 (Kwon, linear) | MMD^2 (RBF, voxels) | MMD^2 (RBF, 4^3 blocks) | MS-SSIM "
+        "| voxel SD |"
+    )
     assert len(lines) == 2 + len(rows)
     assert lines[-1].startswith("| real | ") and "±" in lines[-1]
 
@@ -244,13 +247,15 @@ def test_generation_table_small_real_set_and_errors():
     real, fake = _cohort(6, 0), _cohort(6, 1)
     rows = generation_table(real, {"g": fake}, n_tests=3, batch_size=4, n_pairs=4)
     assert math.isnan(rows[-1]["mmd2"]) and math.isfinite(rows[-1]["ms_ssim"])
-    assert "| real | n/a | n/a | " in format_table(rows)
+    assert "| real | n/a | n/a | n/a | " in format_table(rows)
     with pytest.raises(ValueError, match="rename"):
         generation_table(real, {"real": fake})
     with pytest.raises(ValueError, match="grid"):
         generation_table(real, {"g": fake, "h": torch.zeros(6, 1, 16, 16, 12)}, batch_size=4)
     with pytest.raises(ValueError, match="fewer than batch_size"):
         generation_table(real, {"g": fake[:3]}, batch_size=4)
+    with pytest.raises(ValueError, match="at least 16 voxels"):
+        generation_table(real[:, :, :12], {"g": fake[:, :, :12]}, batch_size=4, ms_ssim="kwon2019")
     with pytest.raises(ValueError, match="at least 7 voxels"):
         generation_table(torch.zeros(8, 1, 6, 6, 6), {"g": torch.zeros(8, 1, 6, 6, 6)}, batch_size=4)
 
@@ -265,8 +270,18 @@ def test_format_table_numbers():
         "ms_ssim_std": 0.01234,
         "voxel_sd": 0.11745,
     }
-    last = format_table([row]).splitlines()[-1]
-    assert last == "| m | 1235 ± 12.35 | 0.0001235 | 0.846 ± 0.012 | 0.117 |"
+    lines = format_table([row]).splitlines()
+    assert lines[0] == "| model | MMD^2 (Kwon, linear) | MS-SSIM | voxel SD |"  # only the columns it has
+    assert lines[-1] == "| m | 1235 ± 12.35 | 0.846 ± 0.012 | 0.117 |"
+    row.update(
+        mmd2_rbf4=0.01234, mmd2_rbf4_std=0.0005, nn_ratio=0.987, copy_rate=0.25, ms_ssim_convention="kwon2019"
+    )
+    lines = format_table([row]).splitlines()
+    assert lines[0] == (
+        "| model | MMD^2 (Kwon, linear) | MMD^2 (RBF, 4^3 blocks) | MS-SSIM (Kwon conv.) | voxel SD "
+        "| NN ratio | near copies |"
+    )
+    assert lines[-1] == "| m | 1235 ± 12.35 | 0.0123 ± 0.0005 | 0.846 ± 0.012 | 0.117 | 0.99 | 25% |"
 
 
 def test_voxel_sd_matches_numpy():

@@ -21,7 +21,7 @@ from brainkern.experiment.kwon import RunReport, evaluate_run, write_report  # n
 from brainkern.train import config  # noqa: E402
 from brainkern.train.engine import Trainer  # noqa: E402
 
-ROWS = ["trained", "untrained", "noise (matched)", "real"]
+ROWS = ["trained", "untrained", "noise (matched)", "mean volume", "voxel Gaussian", "training copies", "real"]
 SMALL_EVALUATION = ["--quiet", "--n-generated", "8", "--mmd-tests", "2", "--pairs", "4"]
 
 
@@ -79,7 +79,13 @@ def test_the_run_report_draws_pictures_and_evaluates_at_the_end(run):
     assert evaluation["real"] == "training volumes (6; the run has no held-out part)"
     report = (run / "report.md").read_text()
     assert "Kwon et al. (2019) Table 1" in report and "![samples_0000002]" in report
-    assert "| noise (matched) |" in report
+    assert "| noise (matched) |" in report and "| training copies |" in report
+    # Without a held-out part, the memorisation reference is the training set itself
+    # (each volume's nearest other one), and the report says so.
+    memo = {r["model"]: r["memorisation"] for r in evaluation["rows"]}
+    assert memo["training copies"]["nn_ratio"] == 0.0 and memo["training copies"]["copy_rate"] == 1.0
+    assert "no held-out part" in memo["trained"]["reference"] and "no held-out part" in report
+    assert "Does the trained generator beat every baseline?" in report
 
 
 def test_command_line_shortcut_and_end_of_run_give_one_table(run, capsys):
@@ -93,7 +99,10 @@ def test_command_line_shortcut_and_end_of_run_give_one_table(run, capsys):
     # Same seeds, same checkpointed weights (BatchNorm statistics included): same numbers.
     assert rows == at_end and _evaluation(run)["rows"] == at_end
     assert by_name == by_shortcut
-    assert by_name.splitlines()[0] == "| model | MMD^2 | MMD^2/voxel | MS-SSIM | voxel SD |"
+    assert by_name.splitlines()[0] == (
+        "| model | MMD^2 (Kwon, linear) | MMD^2 (RBF, voxels) | MMD^2 (RBF, 4^3 blocks) | MS-SSIM | voxel SD "
+        "| NN ratio | near copies |"
+    )
     assert by_name.rstrip().endswith(f"written: {run / 'report.md'} and {run / 'evaluation.json'}")
 
 
