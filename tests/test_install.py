@@ -57,6 +57,7 @@ TINY = [
     "--set", "data.shape=[16,16,16]",
     "--set", "data.cohort_shape=[16,16,16]",
     "--set", "data.n_per_class=3",
+    "--set", "data.folds=null",
     "--set", "model.width=4",
     "--set", "model.latent_dim=8",
     "--set", "model.code_hidden=16",

@@ -30,7 +30,7 @@ def tiny(**data) -> dict:
     return config.resolve(
         "quick",
         [
-            {"data": data},
+            {"data": {"folds": None, **data}},
             {
                 "model": {"latent_dim": 8, "width": 4, "code_hidden": 16},
                 "data": {"n_per_class": 3, "shape": [16, 16, 16], "cohort_shape": [16, 16, 16]},

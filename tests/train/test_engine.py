@@ -35,8 +35,8 @@ def tiny(model: str = "alpha-wgan-gp", **train) -> dict:
     overrides = [
         {
             "model": {"name": model, "latent_dim": 8, "width": 4},
-            "data": {"n_per_class": 3, "shape": [16, 16, 16], "cohort_shape": [16, 16, 16]},
-            "train": {"iters": 6, "batch_size": 2, "threads": 1, **train},
+            "data": {"n_per_class": 3, "shape": [16, 16, 16], "cohort_shape": [16, 16, 16], "folds": None},
+            "train": {"iters": 6, "batch_size": 2, "threads": 1, "gp_every": 1, **train},
             "log": {"every": 1, "checkpoint_every": 3, "picture_every": 3, "n_samples": 2, "n_pictures": 2},
             "evaluate": {"n_generated": 16, "mmd_tests": 3, "mmd_batch": 2, "ms_ssim_pairs": 6},
         }

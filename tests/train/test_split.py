@@ -99,7 +99,13 @@ def tiny_fold(**data):
         [
             {
                 "model": {"latent_dim": 8, "width": 4, "code_hidden": 16},
-                "data": {"n_per_class": 4, "shape": [16, 16, 16], "cohort_shape": [16, 16, 16], **data},
+                "data": {
+                    "n_per_class": 4,
+                    "shape": [16, 16, 16],
+                    "cohort_shape": [16, 16, 16],
+                    "folds": None,
+                    **data,
+                },
                 "train": {"iters": 2, "batch_size": 2, "threads": 1},
                 "log": {"every": 1, "checkpoint_every": 2, "picture_every": 2, "n_samples": 0},
             }
