@@ -559,13 +559,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def verdict(rows: list[dict], model: str, baselines: list[str]) -> dict[str, dict[str, list[str]]]:
-    """Which baselines ``model`` beats on each metric of a table, and which it does not.
+    """Which baselines ``model`` beats on each distribution metric of a table, and which not.
 
     Lower is better for the MMD^2 columns; MS-SSIM and voxel SD are better the closer
-    they are to the real row's; NN ratio is better the closer it is to 1 (from below:
-    a ratio above 1 counts as 1) and copies the lower. A comparison with a NaN on
+    they are to the real row's. A tie is not a win, and a comparison with a NaN on
     either side is left out. A metric counts as "better" only where ``model`` beats
-    every baseline: ``{metric: {"beats": [...], "loses": [...]}}``.
+    every baseline: ``{metric: {"beats": [...], "loses": [...]}}``. The memorisation
+    columns are a check, not a ranking (noise is far from every training volume), so
+    they are not compared here: read them with :func:`memorisation_verdict`.
 
     Raises:
         KeyError: ``model`` or a baseline is not a row of the table.
@@ -578,15 +579,11 @@ def verdict(rows: list[dict], model: str, baselines: list[str]) -> dict[str, dic
 
     def score(row: dict, key: str) -> float:
         value = row.get(key, math.nan)
-        if key in CLOSER_TO_REAL:
-            return abs(value - real.get(key, math.nan))
-        if key == "nn_ratio":
-            return 1.0 - min(value, 1.0)
-        return value
+        return abs(value - real.get(key, math.nan)) if key in CLOSER_TO_REAL else value
 
     out: dict[str, dict[str, list[str]]] = {}
     for key, *_ in _COLUMNS:
-        if key not in by_name[model]:
+        if key not in (*LOWER_IS_BETTER, *CLOSER_TO_REAL) or key not in by_name[model]:
             continue
         mine = score(by_name[model], key)
         if not math.isfinite(mine):
@@ -598,3 +595,19 @@ def verdict(rows: list[dict], model: str, baselines: list[str]) -> dict[str, dic
                 (beats if mine < theirs else loses).append(b)
         out[key] = {"beats": beats, "loses": loses}
     return out
+
+
+def memorisation_verdict(row: dict, *, ratio: float = 0.9, tolerance: float = 2.0) -> bool | None:
+    """Whether a row's samples look memorised: a median nearest-training distance below
+    ``ratio`` times the real reference's, or a share of near copies above ``tolerance``
+    times the share real reference volumes have by construction (the quantile).
+    ``None`` when the row has no memorisation figures."""
+    memo = row.get("memorisation")
+    if not memo:
+        return None
+    return bool(memo["nn_ratio"] < ratio or memo["copy_rate"] > tolerance * memo["quantile"])
+
+
+def column_name(key: str) -> str:
+    """The table header of a row key (``"mmd2_rbf4"`` -> ``"MMD^2 (RBF, 4^3 blocks)"``)."""
+    return next((h for k, h, _, _ in _COLUMNS if k == key), key)

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 
 from brainkern.evaluate.baselines import make_baselines
-from brainkern.evaluate.generation import format_table, generation_table, matched_noise, verdict
+from brainkern.evaluate.generation import (
+    column_name,
+    format_table,
+    generation_table,
+    matched_noise,
+    memorisation_verdict,
+    verdict,
+)
 from brainkern.train.config import DEFAULTS
 from brainkern.train.data import evaluation_indices, load_run_data, real_volumes, training_indices
 from brainkern.train.engine import Callback, Trainer, build_run_model, load_run
@@ -244,31 +251,29 @@ def write_report(run_dir: str | os.PathLike, rows: list[dict[str, Any]], info: d
     return path
 
 
-_METRIC_NAMES = {
-    "mmd2": "MMD^2 (Kwon, linear)",
-    "mmd2_rbf": "MMD^2 (RBF)",
-    "kid": "KID (voxels)",
-    "ms_ssim": "MS-SSIM",
-    "voxel_sd": "voxel SD",
-    "nn_ratio": "NN ratio",
-    "copy_rate": "near copies",
-}
-
-
 def verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """What the table says about the trained generator, metric by metric: "better" only
-    where it beats every baseline row."""
+    """What the table says about the trained generator: metric by metric, "better" only
+    where it beats every baseline row; then whether its samples look memorised."""
     names = [r["model"] for r in rows]
     if "trained" not in names:
         return []
+    trained = rows[names.index("trained")]
     baselines = [n for n in names if n not in ("trained", "real")]
     lines = ["### Does the trained generator beat every baseline?", ""]
     for key, result in verdict(rows, "trained", baselines).items():
-        name = _METRIC_NAMES.get(key, key)
+        name = column_name(key)
         if not result["loses"]:
             lines.append(f"- {name}: yes, better than all {len(result['beats'])} baselines")
         else:
             lines.append(f"- {name}: no, not better than {', '.join(result['loses'])}")
+    memorised = memorisation_verdict(trained)
+    if memorised is not None:
+        memo = trained["memorisation"]
+        state = "look memorised" if memorised else "do not look memorised"
+        lines.append(
+            f"- memorisation: the samples {state} (NN ratio {memo['nn_ratio']:.2f}, "
+            f"{memo['copy_rate']:.0%} near copies; reference: {memo['reference']})"
+        )
     return [*lines, ""]
 
 

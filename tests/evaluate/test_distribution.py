@@ -21,6 +21,7 @@ from brainkern.evaluate import (
     verdict,
     voxel_gaussian,
 )
+from brainkern.evaluate.generation import memorisation_verdict
 
 GRID = (8, 8, 8)
 
@@ -227,6 +228,18 @@ def test_verdict_counts_better_only_against_every_baseline():
     assert v["mmd2_rbf"] == {"beats": ["a"], "loses": []}  # NaN comparisons are left out
     assert v["ms_ssim"] == {"beats": ["a", "b"], "loses": []}  # |0.88 - 0.9| is the smallest gap
     assert v["voxel_sd"] == {"beats": ["b"], "loses": ["a"]}
-    assert v["nn_ratio"] == {"beats": ["a", "b"], "loses": []}  # above 1 counts as 1
+    assert "nn_ratio" not in v  # memorisation is a check, not a ranking
+    v = verdict([{**rows[0], "mmd2": 1.0}, *rows[1:]], "trained", ["a", "b"])
+    assert v["mmd2"] == {"beats": ["b"], "loses": ["a"]}  # a tie is not a win
     with pytest.raises(KeyError, match="not a row"):
         verdict(rows, "trained", ["c"])
+
+
+def test_memorisation_verdict():
+    def row(ratio, rate):
+        return {"memorisation": {"nn_ratio": ratio, "copy_rate": rate, "quantile": 0.05}}
+
+    assert memorisation_verdict(row(1.1, 0.0)) is False
+    assert memorisation_verdict(row(0.5, 0.0)) is True  # nearer to the training set than new subjects
+    assert memorisation_verdict(row(1.0, 0.2)) is True  # too many near copies
+    assert memorisation_verdict({"model": "real"}) is None
