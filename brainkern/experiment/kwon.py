@@ -217,6 +217,7 @@ def write_report(run_dir: str | os.PathLike, rows: list[dict[str, Any]], info: d
             lines.append(f"- {key.replace('_', ' ')}: {info[key]}")
     memo = next((r["memorisation"] for r in rows if r.get("memorisation")), None)
     conv = next((r.get("ms_ssim_convention") for r in rows if r.get("ms_ssim_convention")), "standard")
+    conv_name = "the convention of Kwon et al.'s code" if conv == "kwon2019" else "standard"
     lines += [
         "",
         "## Generation metrics: Kwon et al. (2019) Table 1 and what a trivial generator scores",
@@ -226,11 +227,11 @@ def write_report(run_dir: str | os.PathLike, rows: list[dict[str, Any]], info: d
         "- MMD^2 (Kwon, linear): Kwon et al.'s biased linear batch MMD^2, mean ± SD over tests of B real",
         "  vs B generated volumes. It is ||mean difference||^2 plus both batches' own spread, so a",
         "  generator with too little variance scores well on it (see the mean volume row).",
-        "- MMD^2 (RBF), KID (voxels): unbiased MMD^2 with Gaussian kernels (bandwidths: 0.5, 1, 2 x the",
-        "  median distance between real volumes) and with KID's cubic kernel on voxels, mean ± SD over",
-        "  random subsets; about 0 for two samples of one distribution (lower is better).",
-        f"- MS-SSIM ({'Kwon et al.s code convention' if conv == 'kwon2019' else 'standard definition'}):"
-        " mean over random pairs of a set's volumes;",
+        "- MMD^2 (RBF, voxels / 4^3 blocks): unbiased MMD^2 with Gaussian kernels (bandwidths 0.5, 1, 2 x",
+        "  the median distance between real volumes), on the voxels and on volumes averaged over 4^3 blocks",
+        "  (where independent voxel noise averages away), mean ± SD over random subsets; about 0 for two",
+        "  samples of one distribution, lower is better.",
+        f"- MS-SSIM ({conv_name}): mean over random pairs of a set's volumes;",
         "  closer to the real row is better (1 = all alike).",
         "- voxel SD: how much a set varies at each voxel; closer to the real row is better.",
     ]
