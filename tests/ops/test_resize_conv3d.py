@@ -430,7 +430,10 @@ def test_folded_weights_per_implementation():
     kh = _fold_for("triton", wh, torch.float16)
     assert kh.dtype == torch.float16 and kh.permute(2, 3, 4, 0, 1).is_contiguous()
     torch.testing.assert_close(kh, fold_resize_conv_weight_transposed(wh.float()).half(), atol=0, rtol=0)
-    assert _fold_for("cudnn", wh, torch.float16).dtype == torch.float16
+    # cuDNN on a GPU multiplies half operands; on the CPU ATen's path computes in float32.
+    assert _fold_for("cudnn", wh, torch.float16).dtype == torch.float32
+    if torch.cuda.is_available():
+        assert _fold_for("cudnn", wh.cuda(), torch.float16).dtype == torch.float16
     # The extension and the cpu backend read float32 weights for half inputs.
     assert _fold_for("cuda", wh, torch.float16).shape == (2, 2, 2, 5, 3, 2, 2, 2)
     assert _fold_for("cuda", wh, torch.float16).dtype == torch.float32
