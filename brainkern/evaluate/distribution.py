@@ -245,10 +245,10 @@ def _nearest(q: _Volumes, t: _Volumes, leave_one_out: bool, device: torch.device
         raise ValueError(f"{q.name} has grid {q.grid}, {t.name} {t.grid}")
     if len(q) == 0 or len(t) == 0:
         raise ValueError(f"{q.name} has {len(q)} volumes, {t.name} {len(t)}: both need at least one")
+    if leave_one_out and (len(q) != len(t) or len(t) < 2):
+        raise ValueError("leave_one_out compares a set of at least 2 volumes with itself")
     d2 = _distances(q, t, device)
     if leave_one_out:
-        if len(q) != len(t) or len(t) < 2:
-            raise ValueError("leave_one_out compares a set of at least 2 volumes with itself")
         d2.fill_diagonal_(math.inf)
     return (d2.min(dim=1).values / q.voxels).sqrt().numpy()
 
