@@ -8,6 +8,7 @@ scikit-learn and torch are imported only by the functions that need them).
 - :class:`VolumeDataset`, :class:`Preprocess` (``dataset``, ``preprocess``)
 - :func:`read_table`, :func:`scan_folder`, :func:`scan_bids`, :func:`scan_neurovault` (``sources``)
 - :func:`stratified_kfold` (``splits``)
+- :func:`foreground_mask`, :func:`background_values` (``masks``): brain masks fitted on a fold
 - :func:`sample_subvolumes`, :func:`assemble_slabs`, :func:`slab_starts` (``subvolume``)
 - ``augment``: classic augmentation; ``cohorts``: simulated cohorts from templates
 """
@@ -22,6 +23,8 @@ _EXPORTS = {
     "Volume": "io",
     "VolumeDataset": "dataset",
     "assemble_slabs": "subvolume",
+    "background_values": "masks",
+    "foreground_mask": "masks",
     "load_volume": "io",
     "read_table": "sources",
     "sample_subvolumes": "subvolume",
@@ -33,7 +36,18 @@ _EXPORTS = {
     "stratified_kfold": "splits",
     "write_table": "sources",
 }
-_SUBMODULES = ("augment", "cache", "cohorts", "dataset", "io", "preprocess", "sources", "splits", "subvolume")
+_SUBMODULES = (
+    "augment",
+    "cache",
+    "cohorts",
+    "dataset",
+    "io",
+    "masks",
+    "preprocess",
+    "sources",
+    "splits",
+    "subvolume",
+)
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES])
 

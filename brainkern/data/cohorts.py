@@ -371,7 +371,7 @@ def _fmri_templates(shape: tuple[int, int, int]) -> dict:
     }
 
 
-def _fmri_subject(tpl: dict, blobs, shape, rng: np.random.Generator) -> np.ndarray:
+def _fmri_subject(tpl: dict, blobs, shape, rng: np.random.Generator, noise_sd: float = 1.0) -> np.ndarray:
     from scipy import ndimage
 
     spots = list(blobs) + list(FMRI_SHARED)
@@ -380,9 +380,9 @@ def _fmri_subject(tpl: dict, blobs, shape, rng: np.random.Generator) -> np.ndarr
     amps = [a * float(np.clip(1.0 + 0.25 * rng.standard_normal(), 0.2, 2.0)) for _, a in spots]
     signal = _blobs(tpl["world"], centres, sigmas, amps)
     # Smooth noise: white noise blurred to ~10 mm FWHM, rescaled to unit variance.
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=4.25 / tpl["voxel"], mode="nearest")
-    noise /= noise[tpl["mask"]].std() + 1e-12
-    out = signal + rng.uniform(0.8, 1.2) * noise
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=4.25 / tpl["voxel"], mode="nearest")
+    field /= field[tpl["mask"]].std() + 1e-12
+    out = signal + rng.uniform(0.8, 1.2) * noise_sd * field
     return np.where(tpl["mask"], out, 0.0)
 
 
@@ -393,6 +393,7 @@ def fmri(
     n_classes: int = 4,
     shape: tuple[int, int, int] = FMRI_SHAPE,
     seed: int = 0,
+    noise: float = 1.0,
     progress: bool = False,
 ) -> Path:
     """Write a simulated task-map cohort on the Neurovault 53 x 63 x 46, 3 mm grid.
@@ -410,13 +411,15 @@ def fmri(
         n_classes: how many of the classes above, in that order (2 to 7).
         shape: output grid; another shape covers the same field of view.
         seed: random seed.
+        noise: SD of the smooth noise in t-units (1 by default; larger values make the
+            classes harder to tell apart: the blobs' amplitudes are 2 to 5.5).
         progress: show a tqdm bar.
 
     Returns:
         The labels table ``out_dir/labels.csv``.
 
     Raises:
-        ValueError: bad ``n_per_class``, ``n_classes`` or ``shape``.
+        ValueError: bad ``n_per_class``, ``n_classes``, ``shape`` or ``noise``.
     """
     shape = _check_shape(shape, minimum=4)
     n_per_class = _check_count(n_per_class)
@@ -424,10 +427,12 @@ def fmri(
     if not 2 <= n_classes <= len(names):
         raise ValueError(f"n_classes must be in [2, {len(names)}], got {n_classes}")
     names = names[:n_classes]
+    if not float(noise) > 0:
+        raise ValueError(f"noise must be > 0, got {noise}")
     tpl = _fmri_templates(shape)
 
     def draw(class_idx: int, rng: np.random.Generator) -> np.ndarray:
-        return _fmri_subject(tpl, FMRI_CLASSES[names[class_idx]], shape, rng)
+        return _fmri_subject(tpl, FMRI_CLASSES[names[class_idx]], shape, rng, float(noise))
 
     return _write_cohort(
         Path(out_dir),

@@ -13,8 +13,9 @@ Kwon et al. (2019)'s ``alpha-wgan-gp`` and their baselines ``alpha-gan``,
 ``wgan-gp`` and ``vae-gan`` (:mod:`brainkern.models.kwon`).
 """
 
-# ``kwon`` registers its models on import (it imports the registry itself).
-from brainkern.models import kwon
+# ``kwon``, ``zhuang`` and ``classifiers`` register their models on import (each
+# imports the registry itself).
+from brainkern.models import classifiers, kwon, zhuang
 from brainkern.models.base import GenerativeModel
 from brainkern.models.classifier import Classifier, SklearnClassifier, TorchClassifier
 from brainkern.models.registry import (
@@ -32,10 +33,12 @@ __all__ = [
     "SklearnClassifier",
     "TorchClassifier",
     "build_model",
+    "classifiers",
     "kwon",
     "model_kind",
     "model_names",
     "model_parameters",
     "model_summaries",
     "register_model",
+    "zhuang",
 ]

@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "effect": 1.0,
         "cohort_seed": 0,
         "cohort_shape": None,  # grid the cohort is simulated on (default: data.shape)
+        "n_classes": 4,  # fmri cohort: how many of its task classes (2 to 7)
+        "noise": 1.0,  # fmri cohort: the smooth noise's SD in t-units (1: the cohort's default)
         # ... or a labels table (CSV/TSV) or a folder of class folders.
         "table": None,
         "classes": None,  # train on these class names only (default: all)
@@ -46,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "split_file": None,
         "shape": [64, 64, 64],
         "clip": [0.01, 0.99],
+        "scale": "[-1,1]",  # per-volume min-max scaling: "[-1,1]" (tanh generators) or "[0,1]" (sigmoid)
         "trim": True,
         "cache_dir": None,  # default: $BRAINKERN_CACHE or ~/.cache/brainkern
         # Kwon et al.'s augmentation: left-right flips (p 1/2) and the signal above the

@@ -33,6 +33,9 @@ def cohort_table(data: dict[str, Any], *, progress: bool = True) -> Path:
     tag = f"{kind}-n{data['n_per_class']}-{'x'.join(map(str, shape))}-s{data['cohort_seed']}"
     if kind == "smri":
         tag += f"-e{float(data['effect']):g}"
+    else:  # cohorts made before these keys existed keep their names
+        n_classes, noise = int(data.get("n_classes", 4)), float(data.get("noise", 1.0))
+        tag += (f"-c{n_classes}" if n_classes != 4 else "") + (f"-z{noise:g}" if noise != 1.0 else "")
     folder = cache_root() / "cohorts" / tag
     table = folder / "labels.csv"
     if table.is_file():
@@ -46,7 +49,9 @@ def cohort_table(data: dict[str, Any], *, progress: bool = True) -> Path:
     if kind == "smri":
         cohorts.smri(tmp, effect=float(data["effect"]), **kwargs)
     else:
-        cohorts.fmri(tmp, **kwargs)
+        cohorts.fmri(
+            tmp, n_classes=int(data.get("n_classes", 4)), noise=float(data.get("noise", 1.0)), **kwargs
+        )
     try:
         os.rename(tmp, folder)
     except OSError:  # another run finished first: use its cohort
@@ -171,7 +176,7 @@ def load_run_data(data: dict[str, Any], *, progress: bool = True):
     dataset = VolumeDataset(
         records,
         shape=tuple(data["shape"]),
-        scale="[-1,1]",
+        scale=data.get("scale", "[-1,1]"),
         clip=tuple(data["clip"]) if data.get("clip") else None,
         trim=bool(data["trim"]),
         fit_on=None if split is None else split["parts"]["train"],

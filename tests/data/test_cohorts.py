@@ -107,6 +107,19 @@ def test_fmri_other_shape_keeps_field_of_view(tmp_path):
     np.testing.assert_allclose(grid_centre(v.affine, SMALL), grid_centre(cohorts.fmri_grid(), (53, 63, 46)))
 
 
+def test_fmri_noise_scales_only_the_noise(tmp_path):
+    """``noise`` multiplies the smooth noise field: the same draw, so the difference between
+    two noise levels is the noise itself, and the default (1) is the cohort as before."""
+    maps = {}
+    for noise in (1.0, 3.0):
+        table = cohorts.fmri(tmp_path / f"n{noise}", n_per_class=1, n_classes=2, shape=SMALL, noise=noise)
+        maps[noise] = np.stack([load_volume(table.parent / p).data for p in pd.read_csv(table).path])
+    default = cohorts.fmri(tmp_path / "d", n_per_class=1, n_classes=2, shape=SMALL)
+    assert _bytes(default.parent) == _bytes((tmp_path / "n1.0"))
+    signal = 1.5 * maps[1.0] - 0.5 * maps[3.0]  # signal + k*field and signal + 3k*field
+    assert np.abs(maps[3.0] - signal).std() > 2.5 * np.abs(maps[1.0] - signal).std()
+
+
 def test_cohort_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="n_per_class"):
         cohorts.smri(tmp_path, n_per_class=0)
@@ -114,6 +127,8 @@ def test_cohort_argument_errors(tmp_path):
         cohorts.smri(tmp_path, n_per_class=1, effect=-1)
     with pytest.raises(ValueError, match="n_classes"):
         cohorts.fmri(tmp_path, n_per_class=1, n_classes=8)
+    with pytest.raises(ValueError, match="noise"):
+        cohorts.fmri(tmp_path, n_per_class=1, noise=0)
     with pytest.raises(ValueError, match="shape"):
         cohorts.smri(tmp_path, n_per_class=1, shape=(16, 16))
 
