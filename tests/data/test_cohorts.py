@@ -115,7 +115,7 @@ def test_fmri_noise_scales_only_the_noise(tmp_path):
         table = cohorts.fmri(tmp_path / f"n{noise}", n_per_class=1, n_classes=2, shape=SMALL, noise=noise)
         maps[noise] = np.stack([load_volume(table.parent / p).data for p in pd.read_csv(table).path])
     default = cohorts.fmri(tmp_path / "d", n_per_class=1, n_classes=2, shape=SMALL)
-    assert _bytes(default.parent) == _bytes((tmp_path / "n1.0"))
+    assert _bytes(default.parent) == _bytes(tmp_path / "n1.0")
     signal = 1.5 * maps[1.0] - 0.5 * maps[3.0]  # signal + k*field and signal + 3k*field
     assert np.abs(maps[3.0] - signal).std() > 2.5 * np.abs(maps[1.0] - signal).std()
 
