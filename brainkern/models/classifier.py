@@ -12,7 +12,12 @@ arrays, labels as ``(N,)`` integers ``0 .. C-1``.
 - :class:`TorchClassifier` wraps an ``nn.Module`` mapping volumes to ``(N, C)``
   logits and trains it with Adam on the cross-entropy, seeded, in mini-batches.
 
-Both save to a single file and load back into an equal classifier.
+``fit(x, y, validation=(x_val, y_val))`` takes held-out real volumes for model
+selection only, as Zhuang et al. (2019) pick their classifiers on a validation
+split: a scikit-learn classifier chooses among candidate hyper-parameters (its
+``grid``) by validation accuracy, a torch classifier keeps the weights of its best
+epoch. The validation volumes are never trained on. Both save to a single file
+and load back into an equal classifier, with what the selection recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import abc
 import os
 import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,9 @@ import torch
 from torch import nn
 
 __all__ = ["Classifier", "SklearnClassifier", "TorchClassifier"]
+
+# (x_val, y_val): held-out volumes (N, 1, D, H, W) and their labels (N,).
+Validation = tuple[Any, Any]
 
 
 def _array(x: Any) -> np.ndarray:
@@ -41,6 +50,26 @@ def _labels(y: Any, n: int) -> np.ndarray:
     if y.shape[0] != n:
         raise ValueError(f"{y.shape[0]} labels for {n} volumes")
     return y
+
+
+def _validation_pair(validation: Validation | None, classes: np.ndarray) -> tuple[Any, np.ndarray] | None:
+    """The validation volumes and labels, checked against the training classes."""
+    if validation is None:
+        return None
+    try:
+        x_val, y_val = validation
+    except (TypeError, ValueError):
+        raise TypeError("validation must be a pair (x_val, y_val)") from None
+    n = _array(x_val).shape[0]
+    if n == 0:
+        raise ValueError("validation has no volumes")
+    y_val = _labels(y_val, n)
+    unseen = np.setdiff1d(y_val, classes)
+    if unseen.size:
+        raise ValueError(
+            f"validation labels {unseen.tolist()} do not occur in the training labels {classes.tolist()}"
+        )
+    return x_val, y_val
 
 
 class Classifier(abc.ABC):
@@ -57,8 +86,17 @@ class Classifier(abc.ABC):
     classes_: np.ndarray
 
     @abc.abstractmethod
-    def fit(self, x: Any, y: Any) -> Classifier:
-        """Train on volumes ``x`` ``(N, 1, D, H, W)`` with labels ``y`` ``(N,)``; returns self."""
+    def fit(self, x: Any, y: Any, *, validation: Validation | None = None) -> Classifier:
+        """Train on volumes ``x`` ``(N, 1, D, H, W)`` with labels ``y`` ``(N,)``; returns self.
+
+        Args:
+            validation: ``(x_val, y_val)``, held-out real volumes and their labels,
+                used for model selection only (never trained on).
+
+        Raises:
+            ValueError: labels that do not match the volumes, or validation labels
+                of a class the training labels lack.
+        """
 
     @abc.abstractmethod
     def predict_proba(self, x: Any) -> np.ndarray:
@@ -111,20 +149,72 @@ class SklearnClassifier(Classifier):
             ``predict_proba`` or ``decision_function`` (a linear SVM's decision
             values become probabilities through a softmax; for calibrated ones wrap
             it in ``CalibratedClassifierCV``).
+        grid: candidate hyper-parameters, ``{"<step>__<param>": [values, ...]}`` as
+            ``estimator.set_params`` takes them (e.g. ``{"linearsvc__C": [0.1, 1]}``).
+            With more than one combination, :meth:`fit` fits a copy of the estimator
+            on the training volumes for each and keeps the one with the highest
+            validation accuracy (the first in grid order on a tie); it then needs
+            ``validation``.
+
+    Attributes:
+        selection_: after :meth:`fit` with validation, one
+            ``{"params": {...}, "val_accuracy": float}`` per candidate, in grid order.
+        best_params_: the chosen combination (``{}`` without a grid).
     """
 
-    def __init__(self, estimator: Any) -> None:
+    def __init__(self, estimator: Any, *, grid: Mapping[str, Sequence[Any]] | None = None) -> None:
         self.estimator = estimator
+        self.grid = {k: list(v) for k, v in (grid or {}).items()}
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid[{key!r}] has no values")
         self.config = {}
+        self.selection_: list[dict[str, Any]] = []
+        self.best_params_: dict[str, Any] = {}
 
     @staticmethod
     def _rows(x: Any) -> np.ndarray:
         x = _array(x)
         return x.reshape(x.shape[0], -1).astype(np.float32, copy=False)
 
-    def fit(self, x: Any, y: Any) -> SklearnClassifier:
+    def _candidates(self) -> list[dict[str, Any]]:
+        from sklearn.model_selection import ParameterGrid
+
+        # ParameterGrid sorts the keys, so the order of the candidates is stable.
+        return list(ParameterGrid(self.grid)) if self.grid else [{}]
+
+    def fit(self, x: Any, y: Any, *, validation: Validation | None = None) -> SklearnClassifier:
+        """Fit on the training volumes; with a grid, choose by validation accuracy (see the class).
+
+        Raises:
+            ValueError: a grid of several candidates without ``validation``, labels
+                that do not match the volumes, or unseen validation classes.
+        """
+        from sklearn.base import clone
+
         rows = self._rows(x)
-        self.estimator.fit(rows, _labels(y, rows.shape[0]))
+        y = _labels(y, rows.shape[0])
+        classes = np.unique(y)
+        pair = _validation_pair(validation, classes)
+        candidates = self._candidates()
+        if len(candidates) > 1 and pair is None:
+            raise ValueError(
+                f"{len(candidates)} candidate settings ({self.grid}) to choose from: "
+                "give validation=(x_val, y_val)"
+            )
+        best, best_score, selection = None, -np.inf, []
+        for params in candidates:
+            estimator = clone(self.estimator).set_params(**params)
+            estimator.fit(rows, y)
+            if pair is not None:
+                score = float(np.mean(estimator.predict(self._rows(pair[0])) == pair[1]))
+                selection.append({"params": dict(params), "val_accuracy": score})
+            else:
+                score = 0.0
+            if score > best_score:
+                best, best_score = (estimator, params), score
+        self.estimator, self.best_params_ = best[0], dict(best[1])
+        self.selection_ = selection
         self.classes_ = np.asarray(self.estimator.classes_)
         return self
 
@@ -143,12 +233,21 @@ class SklearnClassifier(Classifier):
         return np.asarray(self.estimator.predict(self._rows(x)))
 
     def _state(self) -> dict[str, Any]:
-        return {"estimator": pickle.dumps(self.estimator), "config": self.config, "name": self.name}
+        return {
+            "estimator": pickle.dumps(self.estimator),
+            "grid": self.grid,
+            "selection": self.selection_,
+            "best_params": self.best_params_,
+            "config": self.config,
+            "name": self.name,
+        }
 
     @classmethod
     def _from_state(cls, state: dict[str, Any]) -> SklearnClassifier:
-        out = cls(pickle.loads(state["estimator"]))  # noqa: S301  (the user's own file)
+        out = cls(pickle.loads(state["estimator"]), grid=state.get("grid"))  # noqa: S301  (the user's own file)
         out.config, out.name = state["config"], state["name"]
+        out.selection_ = list(state.get("selection", []))
+        out.best_params_ = dict(state.get("best_params", {}))
         out.classes_ = np.asarray(out.estimator.classes_)
         return out
 
@@ -156,14 +255,37 @@ class SklearnClassifier(Classifier):
 class TorchClassifier(Classifier):
     """An ``nn.Module`` (volumes ``(N, 1, D, H, W)`` -> logits ``(N, C)``) trained by Adam.
 
+    Every :meth:`fit` starts from the module's weights as they were when the
+    classifier was built, so fitting twice with the same data and seed gives the
+    same network. Training runs under a forked random state seeded with ``seed``
+    (mini-batch order, dropout), which leaves the caller's global generators as
+    they were.
+
+    With ``validation``, the network is evaluated (eval mode) on the validation
+    volumes after every epoch, and the weights of the best epoch are restored at
+    the end: highest validation accuracy, ties broken by the lower validation
+    cross-entropy (then the earlier epoch). ``patience`` stops training after that
+    many epochs without a better one.
+
     Args:
-        module: the network; its output width is the number of classes.
+        module: the network; its output width must be the number of classes in the
+            training labels.
         epochs: passes over the training data.
-        batch_size: mini-batch size.
+        batch_size: mini-batch size (a last batch of one volume joins the one before
+            it: BatchNorm cannot normalise a single volume on a 1^3 grid).
         lr: Adam's learning rate; ``weight_decay``: its L2 term.
-        seed: seeds the order of the mini-batches (the module's initial weights are
-            the caller's: build it under a seed).
+        seed: seeds the order of the mini-batches and dropout (the module's initial
+            weights are the caller's: build it under a seed).
+        patience: stop after this many epochs without a better validation score
+            (``None``: train every epoch); needs ``validation``.
         device: where to train (``"auto"``: CUDA when present).
+
+    Attributes:
+        history: one dict per epoch trained: ``epoch`` (from 1), ``loss`` (mean
+            training cross-entropy) and, with validation, ``val_accuracy`` and
+            ``val_loss``.
+        best_epoch: the epoch whose weights the network holds (the last one without
+            validation); ``0`` before :meth:`fit`.
     """
 
     def __init__(
@@ -175,12 +297,21 @@ class TorchClassifier(Classifier):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         seed: int = 0,
+        patience: int | None = None,
         device: str = "auto",
     ) -> None:
         self.module = module
         self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
         self.weight_decay, self.seed, self.device = float(weight_decay), int(seed), device
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+        if patience is not None and int(patience) < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {patience}")
+        self.patience = None if patience is None else int(patience)
         self.config = {}
+        self.history: list[dict[str, float]] = []
+        self.best_epoch = 0
+        self._initial = _cpu_state(module)
 
     def _device(self) -> torch.device:
         if self.device == "auto":
@@ -191,21 +322,83 @@ class TorchClassifier(Classifier):
     def _tensor(x: Any) -> torch.Tensor:
         return torch.as_tensor(_array(x), dtype=torch.float32)
 
-    def fit(self, x: Any, y: Any) -> TorchClassifier:
-        x = self._tensor(x)
-        y = torch.as_tensor(_labels(y, x.shape[0]))
-        self.classes_ = np.unique(y.numpy())
-        target = torch.as_tensor(np.searchsorted(self.classes_, y.numpy()))
+    def _batches(self, n: int, gen: torch.Generator) -> list[torch.Tensor]:
+        parts = list(torch.randperm(n, generator=gen).split(self.batch_size))
+        if len(parts) > 1 and parts[-1].numel() == 1:
+            parts[-2:] = [torch.cat(parts[-2:])]
+        return parts
+
+    def _evaluate(self, net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+        """Accuracy and mean cross-entropy of ``net`` (eval mode) on ``x``."""
         device = self._device()
+        net.eval()
+        loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
+        with torch.no_grad():
+            for idx in torch.arange(x.shape[0]).split(self.batch_size):
+                logits = net(x[idx].to(device)).float()
+                t = target[idx].to(device)
+                loss += nn.functional.cross_entropy(logits, t, reduction="sum")
+                correct += (logits.argmax(1) == t).sum()
+        net.train()
+        return float(correct) / x.shape[0], float(loss) / x.shape[0]
+
+    def fit(self, x: Any, y: Any, *, validation: Validation | None = None) -> TorchClassifier:
+        """Train from the initial weights; with validation, keep the best epoch (see the class).
+
+        Raises:
+            ValueError: ``patience`` without ``validation``; labels that do not
+                match the volumes; unseen validation classes; a network whose
+                output width is not the number of training classes.
+        """
+        x = self._tensor(x)
+        y = _labels(y, x.shape[0])
+        self.classes_ = np.unique(y)
+        pair = _validation_pair(validation, self.classes_)
+        if self.patience is not None and pair is None:
+            raise ValueError("patience needs validation=(x_val, y_val) to stop on")
+        target = torch.as_tensor(np.searchsorted(self.classes_, y))
+        if pair is not None:
+            x_val = self._tensor(pair[0])
+            t_val = torch.as_tensor(np.searchsorted(self.classes_, pair[1]))
+        device = self._device()
+        self.module.load_state_dict(self._initial)
         net = self.module.to(device).train()
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(self.seed)
-        for _ in range(self.epochs):
-            for idx in torch.randperm(x.shape[0], generator=gen).split(self.batch_size):
-                loss = nn.functional.cross_entropy(net(x[idx].to(device)), target[idx].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+        history: list[dict[str, float]] = []
+        best: tuple[float, float] | None = None
+        best_state, best_epoch = None, self.epochs
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.seed)
+            for epoch in range(1, self.epochs + 1):
+                total = torch.zeros((), device=device)
+                for idx in self._batches(x.shape[0], gen):
+                    logits = net(x[idx].to(device))
+                    if logits.shape[-1] != len(self.classes_):
+                        raise ValueError(
+                            f"the network gives {logits.shape[-1]} logits but the training labels "
+                            f"have {len(self.classes_)} classes {self.classes_.tolist()}"
+                        )
+                    loss = nn.functional.cross_entropy(logits, target[idx].to(device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += loss.detach() * idx.numel()
+                row = {"epoch": epoch, "loss": float(total) / x.shape[0]}
+                if pair is not None:
+                    row["val_accuracy"], row["val_loss"] = self._evaluate(net, x_val, t_val)
+                    score = (row["val_accuracy"], -row["val_loss"])
+                    if best is None or score > best:
+                        best, best_epoch, best_state = score, epoch, _cpu_state(net)
+                history.append(row)
+                if self.patience is not None and epoch - best_epoch >= self.patience:
+                    break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        else:
+            best_epoch = len(history)
+        self.history, self.best_epoch = history, best_epoch
         net.eval()
         return self
 
@@ -218,11 +411,14 @@ class TorchClassifier(Classifier):
         return torch.cat(out).double().numpy()
 
     def _state(self) -> dict[str, Any]:
-        settings = {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "seed")}
+        keys = ("epochs", "batch_size", "lr", "weight_decay", "seed", "patience")
         return {
             "module": self.module.cpu(),
-            "settings": settings,
+            "initial": self._initial,
+            "settings": {k: getattr(self, k) for k in keys},
             "classes": self.classes_,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
             "config": self.config,
             "name": self.name,
         }
@@ -231,4 +427,12 @@ class TorchClassifier(Classifier):
     def _from_state(cls, state: dict[str, Any]) -> TorchClassifier:
         out = cls(state["module"], **state["settings"])
         out.classes_, out.config, out.name = state["classes"], state["config"], state["name"]
+        out.history, out.best_epoch = list(state.get("history", [])), int(state.get("best_epoch", 0))
+        if "initial" in state:
+            out._initial = state["initial"]
         return out
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s state dict on the CPU (not a view of the live weights)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
