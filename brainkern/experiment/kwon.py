@@ -11,6 +11,12 @@ and writes ``evaluation.json`` and ``report.md`` into it (what
 to generated) and loss curves at each check, and the same evaluation at the end
 of the run.
 
+A class-conditional model (Zhuang et al. 2019's ICW-GAN, CVAE, GMM) generates for
+the classes of the real volumes it is compared with: the table's samples come in
+the real volumes' class proportions (:func:`generation_labels`), and each picture's
+generated column has the class of the real volume above it. Runs on volumes scaled
+to ``[0, 1]`` (``data.scale``) are measured and drawn over that range.
+
 The metrics themselves (batch MMD^2, MS-SSIM diversity, the table) live in
 :mod:`brainkern.evaluate`; this module decides which volumes they compare.
 """
@@ -25,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from brainkern.data.preprocess import SCALES
 from brainkern.evaluate.baselines import make_baselines
 from brainkern.evaluate.generation import (
     column_name,
@@ -39,6 +46,35 @@ from brainkern.train.data import evaluation_indices, load_run_data, real_volumes
 from brainkern.train.engine import Callback, Trainer, build_run_model, load_run
 
 
+def intensity_range(cfg: dict[str, Any]) -> tuple[float, float]:
+    """``(low, high)`` of the run's volumes: ``data.scale`` (``[-1, 1]`` for older runs)."""
+    return SCALES[str(cfg.get("data", {}).get("scale") or "[-1,1]")]
+
+
+def generation_labels(model, n: int, real_labels: Any = None) -> torch.Tensor | None:
+    """The classes of ``n`` volumes to generate, to be compared with real volumes.
+
+    ``None`` for an unconditional model. For a conditional one: the real volumes'
+    classes ``real_labels`` ``(N,)`` in their proportions (generated volume ``i``
+    takes the class of real volume ``floor(i * N / n)``, so the proportions are
+    exact where ``n`` is a multiple of ``N`` and off by at most one volume per class
+    otherwise), or, without ``real_labels``, the classes in turn (``i % num_classes``).
+
+    Raises:
+        ValueError: ``real_labels`` empty or outside ``0 .. num_classes - 1``.
+    """
+    if not model.conditional:
+        return None
+    if real_labels is None:
+        return torch.arange(n) % model.num_classes
+    real_labels = torch.as_tensor(np.asarray(real_labels), dtype=torch.int64).flatten()
+    if real_labels.numel() == 0:
+        raise ValueError("generation_labels: no real labels to follow")
+    if real_labels.min() < 0 or real_labels.max() >= model.num_classes:
+        raise ValueError(f"generation_labels: real labels outside 0 .. {model.num_classes - 1}")
+    return real_labels[(torch.arange(n) * real_labels.numel()) // max(n, 1)]
+
+
 def evaluate_model(
     model,
     real: torch.Tensor,
@@ -46,6 +82,7 @@ def evaluate_model(
     *,
     train: torch.Tensor | None = None,
     real_is_train: bool = False,
+    real_labels: Any = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -64,17 +101,21 @@ def evaluate_model(
         train: ``(M, 1, D, H, W)`` the model's training volumes: the trivial
             baselines and the memorisation check (``None``: neither).
         real_is_train: ``real`` are the training volumes (no held-out part).
+        real_labels: ``(N,)`` the classes of ``real``; a conditional model (and its
+            untrained twin) generates in their proportions (:func:`generation_labels`).
     """
     ecfg = cfg["evaluate"]
     n = int(ecfg["n_generated"])
     batch = int(cfg["train"]["batch_size"])
     seed = int(cfg["seed"])
+    low, high = intensity_range(cfg)
+    labels = generation_labels(model, n, real_labels)
     trained = model.sample(
-        n, generator=torch.Generator().manual_seed(seed + 2), batch_size=batch, device=device
+        n, labels, generator=torch.Generator().manual_seed(seed + 2), batch_size=batch, device=device
     )
     untrained_model = build_run_model(cfg, torch.device(device))
     untrained = untrained_model.sample(
-        n, generator=torch.Generator().manual_seed(seed + 2), batch_size=batch, device=device
+        n, labels, generator=torch.Generator().manual_seed(seed + 2), batch_size=batch, device=device
     )
     del untrained_model
     noise = matched_noise(real, n, seed=seed + 3)
@@ -89,8 +130,8 @@ def evaluate_model(
         n_tests=int(ecfg["mmd_tests"]),
         batch_size=int(ecfg["mmd_batch"]),
         n_pairs=int(ecfg["ms_ssim_pairs"]),
-        data_range=2.0,
-        low=-1.0,
+        data_range=high - low,
+        low=low,
         ms_ssim=str(ecfg["ms_ssim"]),
         n_subsets=int(ecfg["kernel_subsets"]),
         subset_size=int(ecfg["kernel_subset_size"]),
@@ -100,10 +141,12 @@ def evaluate_model(
 
 
 def _real_and_train(dataset, evaluated: np.ndarray, trained_on: np.ndarray):
-    """The real volumes to compare with, the training volumes, and whether they are one set."""
+    """The real volumes to compare with, the training volumes, whether they are one set, and
+    the real volumes' labels (in :func:`real_volumes`' file order)."""
     same = np.array_equal(np.sort(evaluated), np.sort(trained_on))
     real = real_volumes(dataset, evaluated)
-    return real, (real if same else real_volumes(dataset, trained_on)), same
+    labels = np.asarray(dataset.labels)[np.sort(evaluated)]
+    return real, (real if same else real_volumes(dataset, trained_on)), same, labels
 
 
 def evaluate_run(
@@ -155,9 +198,18 @@ def evaluate_run(
     split, dataset = load_run_data(cfg["data"], progress=progress)
     indices, what = evaluation_indices(dataset, cfg["data"]["classes"], split)
     trained_on = training_indices(dataset, cfg["data"]["classes"], split)
-    real, train, same = _real_and_train(dataset, indices, trained_on)
+    real, train, same, labels = _real_and_train(dataset, indices, trained_on)
     device = next(model.parameters()).device  # where load_run put it ("auto" resolved)
-    rows = evaluate_model(model, real, cfg, train=train, real_is_train=same, device=device, progress=progress)
+    rows = evaluate_model(
+        model,
+        real,
+        cfg,
+        train=train,
+        real_is_train=same,
+        real_labels=labels,
+        device=device,
+        progress=progress,
+    )
     info = report_info(
         model,
         cfg,
@@ -295,18 +347,28 @@ class RunReport(Callback):
         rng = np.random.default_rng(trainer.cfg["seed"])
         pick = rng.choice(trainer.indices, size=min(n, len(trainer.indices)), replace=False)
         self.real = real_volumes(trainer.dataset, pick)
+        # A conditional model draws each column in the class of the real volume above it.
+        self.real_labels = np.asarray(trainer.dataset.labels)[np.sort(pick)]
 
     def on_check(self, trainer: Trainer, it: int) -> None:
         from brainkern.evaluate.pictures import loss_curves, triplanar_mosaic
 
         pictures = trainer.run_dir / "pictures"
+        model = trainer.model
         gen = torch.Generator().manual_seed(trainer.cfg["seed"] + 4)
-        fake = trainer.model.sample(len(self.real), generator=gen, batch_size=8, device=trainer.device)
+        labels = torch.as_tensor(self.real_labels) if model.conditional else None
+        fake = model.sample(len(self.real), labels, generator=gen, batch_size=8, device=trainer.device)
+        title = f"{model.name}, iteration {it}"
+        if model.conditional:
+            title += "; classes: " + ", ".join(trainer.dataset.classes[int(k)] for k in self.real_labels)
+        low, high = intensity_range(trainer.cfg)
         triplanar_mosaic(
             {"real": self.real[:, 0].numpy(), f"generated (iter {it})": fake[:, 0].numpy()},
             pictures / f"samples_{it:07d}.png",
             n_per_row=len(self.real),
-            title=f"{trainer.model.name}, iteration {it}",
+            title=title,
+            vmin=low,
+            vmax=high,
         )
         loss_curves(trainer.metrics_path, pictures / "losses.png")
 
@@ -315,13 +377,14 @@ class RunReport(Callback):
             return
         indices, what = trainer.evaluation_indices()
         trainer.log(f"evaluating (Kwon et al. Table 1 and baselines) against {what} ...")
-        real, train, same = _real_and_train(trainer.dataset, indices, trainer.indices)
+        real, train, same, labels = _real_and_train(trainer.dataset, indices, trainer.indices)
         rows = evaluate_model(
             trainer.model,
             real,
             trainer.cfg,
             train=train,
             real_is_train=same,
+            real_labels=labels,
             device=trainer.device,
             progress=self.progress,
         )

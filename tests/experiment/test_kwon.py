@@ -165,3 +165,130 @@ def test_write_report_without_pictures(tmp_path):
     text = path.read_text()
     assert text.startswith("# brainkern run: m\n") and "- iterations: 3" in text and "(none)" in text
     assert _evaluation(tmp_path) == {**info, "rows": rows}
+
+
+# ------------------------------------------------------------------ class-conditional models
+
+
+def _conditional():
+    from tests import tiny_conditional
+
+    return tiny_conditional
+
+
+def _capture_table(monkeypatch) -> dict:
+    """Replace the table's computation by a recorder of what it was given (the metrics are
+    tested elsewhere; here only which volumes reach them)."""
+    import brainkern.experiment.kwon as kwon
+
+    seen: dict = {}
+
+    def record(real, candidates, **kwargs):
+        seen.update(real=real, candidates=candidates, **kwargs)
+        return []
+
+    monkeypatch.setattr(kwon, "generation_table", record)
+    return seen
+
+
+def test_generation_labels_follow_the_real_classes():
+    import torch
+
+    from brainkern.experiment.kwon import generation_labels
+    from brainkern.models import build_model
+
+    tc = _conditional()
+    model = build_model(tc.NAME, num_classes=3)
+    assert generation_labels(build_model(tc.UNCONDITIONAL), 4, [0, 1]) is None
+    assert generation_labels(model, 5).tolist() == [0, 1, 2, 0, 1]
+    real = [2, 0, 0, 1]
+    assert generation_labels(model, 8, real).tolist() == [2, 2, 0, 0, 0, 0, 1, 1]  # exact proportions
+    counts = torch.bincount(generation_labels(model, 7, real), minlength=3).tolist()
+    assert counts[0] in (3, 4) and counts[1] in (1, 2) and counts[2] in (1, 2) and sum(counts) == 7
+    with pytest.raises(ValueError, match=r"outside 0 \.\. 2"):
+        generation_labels(model, 4, [0, 3])
+    with pytest.raises(ValueError, match="no real labels"):
+        generation_labels(model, 4, [])
+
+
+def test_evaluate_model_samples_a_conditional_model_in_the_real_proportions(monkeypatch):
+    import torch
+
+    from brainkern.experiment.kwon import evaluate_model
+    from brainkern.train.engine import build_run_model
+
+    tc = _conditional()
+    cfg = tc.tiny_config(evaluate={"n_generated": 8, "mmd_batch": 2, "mmd_tests": 1, "ms_ssim_pairs": 2})
+    cfg["model"]["num_classes"] = 2
+    model = build_run_model(cfg, torch.device("cpu"))
+    real = torch.rand(4, 1, *tc.SHAPE, generator=torch.Generator().manual_seed(0))
+    seen = _capture_table(monkeypatch)
+    evaluate_model(model, real, cfg, real_labels=[1, 1, 1, 0])
+    labels = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0])
+    gen = torch.Generator().manual_seed(cfg["seed"] + 2)
+    batch = cfg["train"]["batch_size"]
+    assert torch.equal(
+        seen["candidates"]["trained"], model.sample(8, labels, generator=gen, batch_size=batch)
+    )
+    gen = torch.Generator().manual_seed(cfg["seed"] + 2)
+    fresh = build_run_model(cfg, torch.device("cpu")).sample(8, labels, generator=gen, batch_size=batch)
+    assert torch.equal(seen["candidates"]["untrained"], fresh)
+    # volumes in [0, 1] (data.scale) are measured over that range
+    assert seen["data_range"] == 1.0 and seen["low"] == 0.0
+    with pytest.raises(ValueError, match="is conditional"):
+        model.sample(2)  # what evaluate_model did before it passed labels
+
+
+def test_evaluate_model_keeps_the_unconditional_samples(monkeypatch):
+    import torch
+
+    from brainkern.experiment.kwon import evaluate_model
+    from brainkern.train.engine import build_run_model
+
+    tc = _conditional()
+    small = {"n_generated": 6, "mmd_batch": 2, "mmd_tests": 1, "ms_ssim_pairs": 2}
+    cfg = tc.tiny_config(tc.UNCONDITIONAL, evaluate=small, data={"scale": "[-1,1]"})
+    model = build_run_model(cfg, torch.device("cpu"))
+    real = torch.rand(4, 1, *tc.SHAPE, generator=torch.Generator().manual_seed(0))
+    seen = _capture_table(monkeypatch)
+    evaluate_model(model, real, cfg, real_labels=[1, 1, 1, 0])  # labels ignored: unconditional
+    gen = torch.Generator().manual_seed(cfg["seed"] + 2)
+    expected = model.sample(6, generator=gen, batch_size=cfg["train"]["batch_size"])
+    assert torch.equal(seen["candidates"]["trained"], expected)
+    assert seen["data_range"] == 2.0 and seen["low"] == -1.0
+
+
+def test_the_run_report_of_a_conditional_run(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    from brainkern.models import GenerativeModel
+
+    tc = _conditional()
+    calls: list[tuple[int, list[int] | None]] = []
+    original = GenerativeModel.sample
+
+    def spy(self, n, labels=None, **kwargs):
+        calls.append((n, None if labels is None else torch.as_tensor(labels).tolist()))
+        return original(self, n, labels, **kwargs)
+
+    monkeypatch.setattr(GenerativeModel, "sample", spy)
+    cfg = tc.tiny_config(
+        log={"picture_every": 2, "n_pictures": 4},
+        evaluate={"enabled": True, "n_generated": 8, "mmd_batch": 2, "mmd_tests": 2, "ms_ssim_pairs": 4},
+    )
+    report = RunReport(progress=False)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=None, callbacks=[report])
+    trainer.fit()
+    assert (tmp_path / "run" / "pictures" / "samples_0000002.png").is_file()
+    rows = _evaluation(tmp_path / "run")["rows"]
+    assert [r["model"] for r in rows] == ROWS
+    # the picture: each generated column in the class of the real volume above it
+    pictured = [labels for n, labels in calls if n == 4]
+    assert pictured and all(labels == report.real_labels.tolist() for labels in pictured)
+    assert sorted(set(report.real_labels.tolist())) == [0, 1]  # both classes shown
+    # the table: the classes of the 8 real (training) volumes, 4 of each
+    indices, _ = trainer.evaluation_indices()
+    real_labels = np.asarray(trainer.dataset.labels)[np.sort(indices)].tolist()
+    evaluated = [labels for n, labels in calls if n == 8][-2:]  # the last: trained, untrained
+    assert evaluated == [real_labels] * 2 and sorted(real_labels) == [0] * 4 + [1] * 4
