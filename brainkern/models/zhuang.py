@@ -250,6 +250,12 @@ class ICWDiscriminator(nn.Module):
        as a convolution, the mirror of the generator's first layer), linear: an
        unbounded critic value.
 
+    The label channel beside this linear layer adds a per-class constant to the critic
+    value. Under the Wasserstein loss, real and fake batches with the same labels
+    cancel it (as they cancel the layer's bias), so its weights get no gradient
+    there; they do under the standard and hinge losses. It is kept, as in the paper's
+    figure, so that the critic sees the label before every layer.
+
     No BatchNorm: the gradient penalty is a per-sample quantity and batch statistics
     would couple the samples of a batch (Gulrajani et al. 2017, Sec. 4). The
     default is no normalisation at all; ``norm="layer"`` adds a per-sample layer

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -145,6 +146,37 @@ def build_run_model(cfg: dict[str, Any], device: torch.device, log=None):
     return model.to(device)
 
 
+def with_num_classes(cfg: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    """``cfg`` with ``model.num_classes`` set to the number of the data set's ``classes``
+    when the model's factory takes ``num_classes`` (a class-conditional model) and the
+    configuration leaves it unset; otherwise ``cfg`` itself. Labels are indices into all
+    of the data set's classes (also when ``data.classes`` trains on some of them), so
+    the model needs all of them.
+
+    Raises:
+        ValueError: a ``model.num_classes`` other than the data set's class count.
+    """
+    from brainkern.models import model_parameters
+
+    name = cfg["model"]["name"]
+    if "num_classes" not in model_parameters(name):
+        return cfg
+    given, n = cfg["model"].get("num_classes"), len(classes)
+    if given is None:
+        return {**cfg, "model": {**cfg["model"], "num_classes": n}}
+    if int(given) != n:
+        raise ValueError(
+            f"model.num_classes={given}, but the data set has {n} classes ({', '.join(map(str, classes))}); "
+            "leave model.num_classes unset to take it from the data"
+        )
+    return cfg
+
+
+def _file_part(text: str) -> str:
+    """``text`` with every character outside ``[A-Za-z0-9._-]`` as ``_`` (a class name in a file name)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)) or "_"
+
+
 def load_run(run_dir: str | os.PathLike, which: str = "last", device: str = "auto"):
     """The trained model of a run directory, for sampling and evaluation.
 
@@ -230,6 +262,7 @@ class Trainer:
         with world.local_main_first():  # one process per host simulates and caches the data
             self.split, self.dataset = load_run_data(cfg["data"], progress=self.progress)
         self.indices = training_indices(self.dataset, cfg["data"]["classes"], self.split)
+        self.cfg = cfg = with_num_classes(cfg, self.dataset.classes)
         self.model = build_run_model(cfg, self.device, log=self.log)
         if dtype != torch.float32:
             _compute_in(self.model, dtype)
@@ -237,10 +270,12 @@ class Trainer:
             distributed.convert_sync_batchnorm(self.model)
         self.recipe: Recipe = make_recipe(self.model, cfg["train"], self.device, world)
         data = cfg["data"]
+        # A recipe that fits on the whole training set (the "em" family) gets all of it per batch.
+        self.batch_size = len(self.indices) if self.recipe.whole_data else int(cfg["train"]["batch_size"])
         self.batches = Batches(
             self.dataset,
             self.indices,
-            cfg["train"]["batch_size"],
+            self.batch_size,
             seed=cfg["seed"],
             flip=bool(data["flip"]),
             intensity=tuple(data["intensity"]) if data["intensity"] else None,
@@ -378,28 +413,45 @@ class Trainer:
         return save_checkpoint(self._state(), path)
 
     def save_samples(self, n: int, folder: str | os.PathLike | None = None, *, seed: int = 0) -> list[Path]:
-        """``n`` generated volumes as NIfTI on the data set's grid (``samples/sample_###.nii.gz``)."""
+        """``n`` generated volumes as NIfTI on the data set's grid: ``samples/sample_###.nii.gz``,
+        or for a conditional model ``samples/sample_###_<class>.nii.gz``, the classes in turn
+        (sample ``i`` of class ``i % num_classes``)."""
         folder = Path(folder) if folder is not None else self.run_dir / "samples"
         gen = torch.Generator().manual_seed(seed)
+        labels = torch.arange(n) % self.model.num_classes if self.model.conditional else None
         volumes = self.model.sample(
-            n, generator=gen, batch_size=self.cfg["train"]["batch_size"], device=self.device
+            n, labels, generator=gen, batch_size=self.cfg["train"]["batch_size"], device=self.device
         )
+        names = [f"sample_{i:03d}" for i in range(n)]
+        if labels is not None:
+            classes = [_file_part(self.dataset.classes[int(k)]) for k in labels]
+            names = [f"{name}_{cls}" for name, cls in zip(names, classes, strict=True)]
         return [
-            self.dataset.save(v[0].numpy(), folder / f"sample_{i:03d}.nii.gz") for i, v in enumerate(volumes)
+            self.dataset.save(v[0].numpy(), folder / f"{name}.nii.gz")
+            for name, v in zip(names, volumes, strict=True)
         ]
 
     # ---------------------------------------------------------------- checks
 
     def check(self) -> float:
         """Linear batch MMD^2 between fixed-latent samples and fixed real volumes
-        (up to 2 tests of B=8; the best checkpoint is the lowest)."""
+        (up to 2 tests of B=8; the best checkpoint is the lowest). A conditional model
+        generates for the classes of the real volumes it is compared with, volume by volume."""
         from brainkern.ops import mmd2_batched
 
         b = min(8, len(self.indices))
         tests = max(1, min(_CHECK_TESTS, len(self.indices) // b))
         gen = torch.Generator().manual_seed(self.cfg["seed"] + 1)
-        fake = self.model.sample(tests * b, generator=gen, batch_size=b, device=self.device)
-        pick = self.indices[torch.randperm(len(self.indices), generator=gen)[: tests * b].numpy()]
+        if self.model.conditional:
+            # Sorted: real_volumes reads in file order, so sample i gets real volume i's class.
+            pick = np.sort(
+                self.indices[torch.randperm(len(self.indices), generator=gen)[: tests * b].numpy()]
+            )
+            labels = torch.as_tensor(self.dataset.labels[pick], dtype=torch.int64)
+            fake = self.model.sample(tests * b, labels, generator=gen, batch_size=b, device=self.device)
+        else:
+            fake = self.model.sample(tests * b, generator=gen, batch_size=b, device=self.device)
+            pick = self.indices[torch.randperm(len(self.indices), generator=gen)[: tests * b].numpy()]
         real = real_volumes(self.dataset, pick)
         return float(mmd2_batched(real.view(tests, b, -1), fake.view(tests, b, -1)).mean())
 
@@ -470,7 +522,7 @@ class Trainer:
 
     def _start(self) -> None:
         cfg, tcfg, world = self.cfg, self.cfg["train"], self.world
-        batch = f"batch {tcfg['batch_size']}"
+        batch = f"batch {self.batch_size}" + (" (the whole training set)" if self.recipe.whole_data else "")
         if world.distributed:
             batch += f" ({world.size} processes x {tcfg['batch_size'] // world.size})"
 

@@ -16,8 +16,10 @@ samples ``G(z)``: the real term is counted once per fake set, so that with
 Discriminator outputs are ``(N, 1)`` or ``(N,)`` logits / critic values; losses are
 0-d tensors.
 
-The auxiliary terms: the mean absolute (Kwon et al. eq. 2) or mean squared
-reconstruction error (:func:`reconstruction_loss`), and the Gaussian prior's KL
+The auxiliary terms: the absolute (Kwon et al. eq. 2) or squared reconstruction
+error, or the binary cross-entropy of [0, 1] volumes and sigmoid outputs (the
+conditional VAE of Zhuang et al. 2019, seed 000), averaged over the voxels or summed
+over each volume's voxels (:func:`reconstruction_loss`), and the Gaussian prior's KL
 term of the VAE-GAN encoder, summed or averaged over the latent dimensions
 (:func:`kl_standard_normal`).
 """
@@ -30,7 +32,9 @@ import torch
 import torch.nn.functional as F
 
 LOSSES = ("wgan-gp", "standard", "hinge")
-RECONSTRUCTIONS = ("l1", "mse")
+RECONSTRUCTIONS = ("l1", "mse", "bce")
+# A recipe's reconstruction term per volume: averaged over its voxels, or summed (a log-likelihood).
+RECONSTRUCTION_REDUCTIONS = ("mean", "sum")
 KL_REDUCTIONS = ("sum", "mean")
 
 
@@ -92,18 +96,43 @@ def mse_reconstruction(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
     return (_wide(x) - _wide(x_rec)).pow(2).mean()
 
 
-def reconstruction_loss(kind: str, x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
-    """``"l1"`` (:func:`l1_reconstruction`) or ``"mse"`` (:func:`mse_reconstruction`) of
-    volumes ``x`` and reconstructions ``x_rec``, both ``(N, 1, D, H, W)``.
+def bce_reconstruction(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of volumes ``x`` in [0, 1] under voxel probabilities ``x_rec`` in
+    [0, 1] (a sigmoid output), per voxel, unreduced, in float32 (float64 stays float64).
+
+    Written out rather than ``F.binary_cross_entropy``, which autocast refuses; each log is
+    clamped at -100, as that function does, so a saturated sigmoid gives a large finite loss.
+    """
+    x, p = _wide(x), _wide(x_rec)
+    return -(x * p.log().clamp(min=-100) + (1 - x) * torch.log1p(-p).clamp(min=-100))
+
+
+def reconstruction_loss(
+    kind: str, x: torch.Tensor, x_rec: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """``"l1"``, ``"mse"`` or ``"bce"`` (:func:`bce_reconstruction`) of volumes ``x`` and
+    reconstructions ``x_rec``, both ``(N, 1, D, H, W)``.
+
+    ``reduction="mean"``: averaged over every voxel of the batch (:func:`l1_reconstruction`,
+    :func:`mse_reconstruction`); ``"sum"``: summed over each volume's voxels, averaged over
+    the batch (the reconstruction term of a VAE's ELBO, a log-likelihood per volume).
 
     Raises:
-        ValueError: another ``kind``.
+        ValueError: another ``kind`` or ``reduction``.
     """
+    if reduction not in RECONSTRUCTION_REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {RECONSTRUCTION_REDUCTIONS}")
     if kind == "l1":
-        return l1_reconstruction(x, x_rec)
-    if kind == "mse":
-        return mse_reconstruction(x, x_rec)
-    raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {RECONSTRUCTIONS}")
+        per_voxel = (_wide(x) - _wide(x_rec)).abs()
+    elif kind == "mse":
+        per_voxel = (_wide(x) - _wide(x_rec)).pow(2)
+    elif kind == "bce":
+        per_voxel = bce_reconstruction(x, x_rec)
+    else:
+        raise ValueError(f"unknown reconstruction loss {kind!r}; choose one of {RECONSTRUCTIONS}")
+    if reduction == "mean":
+        return per_voxel.mean()
+    return per_voxel.flatten(1).sum(dim=1).mean()
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor, reduction: str = "sum") -> torch.Tensor:

@@ -54,6 +54,17 @@ Families:
   dimensions, ``rec`` the mean squared error, by default), then the
   discriminator sees real, reconstructed and sampled volumes. See
   :class:`VAEGANRecipe`.
+- ``"cvae"`` (variational E + G, both conditional): the conditional VAE of Zhuang et
+  al. (2019, seed 000): one update of encoder and generator together on the negative
+  ELBO per iteration. See :class:`CVAERecipe`.
+- ``"em"`` (G only, fitted, not trained by gradient): Zhuang et al.'s per-class
+  Gaussian mixtures, fitted by EM on the whole training set in one step. See
+  :class:`EMRecipe`.
+
+A recipe whose objective is not adversarial (``adversarial = False``: ``cvae``,
+``em``) has no ``train.loss`` to choose: its ``loss`` is the model's own name for
+its objective (``"elbo"``, ``"em"``). A recipe with ``whole_data = True`` gets every
+training volume in each batch (the engine sizes its batches so).
 """
 
 from __future__ import annotations
@@ -78,6 +89,10 @@ from brainkern.train.objectives import (
     l1_reconstruction,
     reconstruction_loss,
 )
+
+# Reconstruction losses of recipes whose generator ends in tanh ([-1, 1]): binary
+# cross-entropy needs outputs in [0, 1].
+SIGNED_RECONSTRUCTIONS = ("l1", "mse")
 
 Batch = Mapping[str, torch.Tensor]
 HOOKS = ("before_critic", "critic_input")
@@ -130,6 +145,7 @@ class Recipe:
         train: the ``train`` section of the run configuration (``lr``, ``betas``,
             ``optim``, ``loss``, ``g_updates``, ``d_updates``, ``lambda_gp``,
             ``gp_every``, ``amp``, ``dtype``, and the family's own keys, ``options``).
+            A recipe that is not ``adversarial`` refuses ``train.loss``.
         device: where the model lives.
         world: the processes of the run (default: this one alone); ``step`` then
             gets ``1 / world.size`` of the global batch.
@@ -137,7 +153,8 @@ class Recipe:
     Raises:
         ValueError: the model lacks a network the family needs, has a trainable
             network the recipe does not update, ``train.optim`` names a network
-            the recipe does not train, the adversarial loss is unknown, or
+            the recipe does not train, the adversarial loss is unknown (or set for
+            a recipe that is not adversarial), or
             ``train.dtype`` is not float32 / float64 (float64 without autocast).
     """
 
@@ -150,6 +167,11 @@ class Recipe:
     # train.* keys only this family reads (its part of the schema): setting another
     # family's key to a value other than its default is an error for this one.
     options: tuple[str, ...] = ()
+    # Whether the objective is an adversarial loss of objectives.LOSSES (train.loss may
+    # choose it); False: the model's ``loss`` names its objective and train.loss is refused.
+    adversarial: bool = True
+    # Whether each batch is the whole training set (the engine reads this to size its batches).
+    whole_data: bool = False
 
     def __init__(
         self, model: nn.Module, train: dict[str, Any], device: torch.device, world: World | None = None
@@ -160,9 +182,19 @@ class Recipe:
         self.world = world or World()
         self.dtype = train_dtype(train)
         self._check_options(train)
-        self.loss = train.get("loss") or model.loss
-        if self.loss not in LOSSES:
-            raise ValueError(f"{model.name}: unknown adversarial loss {self.loss!r}; choose one of {LOSSES}")
+        if self.adversarial:
+            self.loss = train.get("loss") or model.loss
+            if self.loss not in LOSSES:
+                raise ValueError(
+                    f"{model.name}: unknown adversarial loss {self.loss!r}; choose one of {LOSSES}"
+                )
+        elif train.get("loss"):
+            raise ValueError(
+                f"train.loss={train['loss']!r}: the {self.family!r} recipe of {model.name} trains no "
+                f"adversarial loss (its objective: {model.loss!r}); leave train.loss unset"
+            )
+        else:
+            self.loss = model.loss
         self.g_updates = int(train["g_updates"])
         self.d_updates = int(train["d_updates"])
         self.lambda_gp = float(train["lambda_gp"])
@@ -567,7 +599,8 @@ class VAEGANRecipe(Recipe):
     brainkern keeps its encoder-generator-first order and the non-saturating loss.
 
     Raises:
-        ValueError: an unknown ``kl_reduction`` or ``reconstruction``.
+        ValueError: an unknown ``kl_reduction`` or ``reconstruction`` (``"bce"`` too:
+            Kwon et al.'s generator ends in tanh, [-1, 1], outside a probability's range).
     """
 
     networks = ("encoder", "generator", "discriminator")
@@ -580,7 +613,7 @@ class VAEGANRecipe(Recipe):
         super().__init__(model, train, device, world)
         self.lambda_dec = float(self._option(train, "lambda_dec"))
         self.kl_reduction = self._choice(train, "kl_reduction", KL_REDUCTIONS)
-        self.reconstruction = self._choice(train, "reconstruction", RECONSTRUCTIONS)
+        self.reconstruction = self._choice(train, "reconstruction", SIGNED_RECONSTRUCTIONS)
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         real = self.images(batch)
@@ -614,6 +647,95 @@ class VAEGANRecipe(Recipe):
         for _ in range(self.d_updates):
             logs.update(self._critic_step("discriminator", real, [x_rec, x_rand]))
         return logs
+
+
+@register_recipe("cvae")
+class CVAERecipe(Recipe):
+    """Conditional variational encoder + generator (CVAE; Zhuang et al. 2019, seed 000).
+
+    Per iteration one Adam update of encoder and generator together on the negative
+    ELBO of the batch: with ``(mu, logvar) = E(x, y)`` and ``z = mu + sigma * e``
+    (reparameterised, ``e`` from :meth:`Recipe._noise`),
+
+        ``loss = rec(x, G(z, y)) + lambda_kl * KL(N(mu, sigma^2) || N(0, I))``
+
+    where ``rec`` is summed over each volume's voxels (``train.reconstruction``:
+    ``"bce"``, the Bernoulli log-likelihood of [0, 1] maps under a sigmoid
+    generator, brainkern's preset choice; or ``"mse"`` / ``"l1"``), the KL summed
+    over the latent dimensions, both averaged over the batch. ``lambda_kl`` 1 is
+    the ELBO itself. Logged: ``loss`` and its two terms ``loss_rec``, ``loss_kl``.
+
+    Raises:
+        ValueError: an unknown ``train.reconstruction``; a ``train.loss``.
+    """
+
+    networks = ("encoder", "generator")
+    losses = ("loss", "loss_rec", "loss_kl")
+    options = ("lambda_kl", "reconstruction")
+    adversarial = False
+
+    def __init__(
+        self, model: nn.Module, train: dict[str, Any], device: torch.device, world: World | None = None
+    ) -> None:
+        super().__init__(model, train, device, world)
+        self.reconstruction = self._choice(train, "reconstruction", RECONSTRUCTIONS)
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        real, y = self.images(batch), self.labels(batch)
+        with self.autocast():
+            mu, logvar = self.model.encoder(real, y)
+            z = mu + self._noise(mu) * (0.5 * logvar).exp()
+            rec = reconstruction_loss(self.reconstruction, real, self.model.generate(z, y), "sum")
+            kl = kl_standard_normal(mu, logvar, "sum")
+            loss = rec + self.lambda_kl * kl
+        self._update(loss, "encoder", "generator")
+        return {"loss": loss.detach(), "loss_rec": rec.detach(), "loss_kl": kl.detach()}
+
+
+@register_recipe("em")
+class EMRecipe(Recipe):
+    """A generator fitted in one step on the whole training set (Zhuang et al.'s GMMs).
+
+    Nothing is trained by gradient (``trains = ()``: no optimiser; the generator has
+    no parameters, only buffers). ``whole_data = True``: the engine gives every
+    training volume in each batch, and :meth:`step` calls ``generator.fit(image,
+    label)`` (for ``gmm``: PCA of the brain-masked voxels, then one mixture per
+    class by EM), which writes the fitted buffers. One iteration is the whole
+    training (``train.iters: 1``); another refits on the same volumes. Logged:
+    ``loss_nll``, the fit's mean negative log-likelihood per volume.
+
+    Raises:
+        ValueError: a generator without a ``fit(volumes, labels)``, several processes
+            (the fit is not distributed), a ``train.loss``; from :meth:`step`, what
+            the fit raises (too few volumes for the PCA or a class's mixture).
+    """
+
+    networks = ("generator",)
+    trains = ()
+    losses = ("loss_nll",)
+    adversarial = False
+    whole_data = True
+
+    def __init__(
+        self, model: nn.Module, train: dict[str, Any], device: torch.device, world: World | None = None
+    ) -> None:
+        super().__init__(model, train, device, world)
+        if not callable(getattr(model.generator, "fit", None)):
+            raise ValueError(
+                f"{model.name}: the 'em' recipe fits the generator with generator.fit(volumes, labels), "
+                f"which {type(model.generator).__name__} lacks"
+            )
+        if self.world.size > 1:
+            raise ValueError(
+                f"{model.name}: the 'em' recipe fits on the whole training set in one process; "
+                f"run it without torchrun (got {self.world.size} processes)"
+            )
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        labels = self.labels(batch) if getattr(self.model, "conditional", False) else None
+        args = (self.images(batch),) if labels is None else (self.images(batch), labels)
+        nll = self.model.generator.fit(*args)
+        return {"loss_nll": torch.tensor(float(nll), dtype=torch.float64, device=self.device)}
 
 
 def train_dtype(train: dict[str, Any]) -> torch.dtype:

@@ -91,7 +91,7 @@ TYPES: dict[tuple[str, str], Any] = {
     ("train", "eg_schedule"): Literal["paper", "reference", "joint"],
     ("train", "critic_batch"): Literal["fresh", "same"],
     ("train", "kl_reduction"): Literal["mean", "sum"],
-    ("train", "reconstruction"): Literal["mse", "l1"],
+    ("train", "reconstruction"): Literal["mse", "l1", "bce"],
     ("train", "amp"): Literal["auto", "bf16", "off"],
     ("train", "device"): str,
     ("train", "threads"): Positive | None,
