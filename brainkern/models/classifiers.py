@@ -23,59 +23,77 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
 from torch import nn
 
 from brainkern.data.masks import foreground_mask
 from brainkern.models.classifier import SklearnClassifier, TorchClassifier
 from brainkern.models.registry import register_model
 
-__all__ = ["DNN3D", "BrainMasker", "dnn3d", "svm"]
+__all__ = ["DNN3D", "BrainMasker", "dnn3d", "svm"]  # noqa: F822  (BrainMasker: module __getattr__)
 
 
-class BrainMasker(TransformerMixin, BaseEstimator):
-    """Keeps the voxels of a brain mask fitted on the training rows (a scikit-learn transformer).
+def __getattr__(name: str) -> Any:
+    # scikit-learn takes about a second to import: BrainMasker (an sklearn transformer) is
+    # made on first use, so importing brainkern.models does not pay for it. Pickles of it
+    # resolve through here too.
+    if name == "BrainMasker":
+        return _brain_masker()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    ``fit`` computes the mask with :func:`brainkern.data.foreground_mask` from the
-    rows it is given only (in a pipeline: the training fold), so held-out maps are
-    cut with the training mask. Each map's background is its most frequent value,
-    which survives per-map min-max scaling to [0, 1] where a zero test would not.
 
-    Args:
-        fraction: a voxel is kept when it differs from its map's background in at
-            least this fraction of the training maps, in ``(0, 1]``.
+def _brain_masker() -> type:
+    """The ``BrainMasker`` class, made once."""
+    if "BrainMasker" in globals():
+        return globals()["BrainMasker"]
+    from sklearn.base import BaseEstimator, TransformerMixin
 
-    Attributes:
-        mask_: ``(V,)`` bool, the kept voxels of a flattened volume.
-    """
+    class BrainMasker(TransformerMixin, BaseEstimator):
+        """Keeps the voxels of a brain mask fitted on the training rows (a scikit-learn transformer).
 
-    def __init__(self, fraction: float = 0.5) -> None:
-        self.fraction = fraction
+        ``fit`` computes the mask with :func:`brainkern.data.foreground_mask` from the
+        rows it is given only (in a pipeline: the training fold), so held-out maps are
+        cut with the training mask. Each map's background is its most frequent value,
+        which survives per-map min-max scaling to [0, 1] where a zero test would not.
 
-    def fit(self, x: np.ndarray, y: Any = None) -> BrainMasker:
-        """Fit the mask on ``x`` ``(N, V)`` flattened volumes.
+        Args:
+            fraction: a voxel is kept when it differs from its map's background in at
+                least this fraction of the training maps, in ``(0, 1]``.
 
-        Raises:
-            ValueError: a bad ``fraction`` or no voxel in the mask.
+        Attributes:
+            mask_: ``(V,)`` bool, the kept voxels of a flattened volume.
         """
-        rows = np.asarray(x)
-        self.mask_ = foreground_mask(rows.reshape(rows.shape[0], -1), self.fraction)
-        self.n_features_in_ = self.mask_.size
-        return self
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """``(N, V)`` -> ``(N, mask_.sum())`` masked voxels.
+        def __init__(self, fraction: float = 0.5) -> None:
+            self.fraction = fraction
 
-        Raises:
-            ValueError: rows of another length than the training rows.
-        """
-        rows = np.asarray(x)
-        rows = rows.reshape(rows.shape[0], -1)
-        if rows.shape[1] != self.mask_.size:
-            raise ValueError(
-                f"BrainMasker was fitted on rows of {self.mask_.size} voxels, got {rows.shape[1]}"
-            )
-        return rows[:, self.mask_]
+        def fit(self, x: np.ndarray, y: Any = None) -> BrainMasker:
+            """Fit the mask on ``x`` ``(N, V)`` flattened volumes.
+
+            Raises:
+                ValueError: a bad ``fraction`` or no voxel in the mask.
+            """
+            rows = np.asarray(x)
+            self.mask_ = foreground_mask(rows.reshape(rows.shape[0], -1), self.fraction)
+            self.n_features_in_ = self.mask_.size
+            return self
+
+        def transform(self, x: np.ndarray) -> np.ndarray:
+            """``(N, V)`` -> ``(N, mask_.sum())`` masked voxels.
+
+            Raises:
+                ValueError: rows of another length than the training rows.
+            """
+            rows = np.asarray(x)
+            rows = rows.reshape(rows.shape[0], -1)
+            if rows.shape[1] != self.mask_.size:
+                raise ValueError(
+                    f"BrainMasker was fitted on rows of {self.mask_.size} voxels, got {rows.shape[1]}"
+                )
+            return rows[:, self.mask_]
+
+    BrainMasker.__qualname__ = "BrainMasker"  # pickled by this module-level name
+    globals()["BrainMasker"] = BrainMasker
+    return BrainMasker
 
 
 def _positive_float(value: Any, name: str) -> float:
@@ -120,7 +138,7 @@ def svm(
     if int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     pipeline = make_pipeline(
-        BrainMasker(float(mask_fraction)),
+        _brain_masker()(float(mask_fraction)),
         StandardScaler(),
         LinearSVC(C=values[0], max_iter=int(max_iter), random_state=int(seed)),
     )
