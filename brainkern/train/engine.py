@@ -133,9 +133,12 @@ def build_run_model(cfg: dict[str, Any], device: torch.device, log=None):
 
     model_cfg = dict(cfg["model"])
     name = model_cfg.pop("name")
-    model_cfg.setdefault("checkpoint", bool(cfg["train"]["checkpoint"]))
-    model_cfg.setdefault("gradfix", bool(cfg["train"]["gradfix"]))
     accepted = model_parameters(name)
+    for key in ("checkpoint", "gradfix"):
+        if key in accepted:
+            model_cfg.setdefault(key, bool(cfg["train"][key]))
+        elif cfg["train"][key] and log is not None:
+            log(f"note: {name} does not take {key} (train.{key}); left out")
     unused = sorted(k for k in model_cfg if k not in accepted)
     if unused and log is not None:
         log(f"note: {name} does not take model.{', model.'.join(unused)}; left out")
