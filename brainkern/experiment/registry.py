@@ -151,3 +151,9 @@ register_experiment(
     "Kwon et al. (2019) Table 1 for a training run: batch MMD^2 and MS-SSIM diversity of its "
     "generator against its untrained initialisation and matched noise",
 )
+register_experiment(
+    "augmentation",
+    "brainkern.experiment.zhuang_cli:main",
+    "Zhuang et al. (2019) Tables 1 and 3: SVM and 3D DNN on Real, Real+noise and Real+Synth. "
+    "(GMM, CVAE, ICW-GAN trained inside each fold), cross-validated, tested on real maps",
+)

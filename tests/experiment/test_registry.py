@@ -42,7 +42,7 @@ def test_list_and_help_are_fast_and_import_no_torch():
         "import sys, contextlib, io\n"
         "from brainkern.experiment.__main__ import main\n"
         "assert main(['--list']) == 0\n"
-        "for argv in (['--help'], ['kwon2019-table1', '--help']):\n"
+        "for argv in (['--help'], ['kwon2019-table1', '--help'], ['augmentation', '--help']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "        try:\n"
         "            main(argv)\n"
@@ -61,8 +61,8 @@ def test_list_and_help_are_fast_and_import_no_torch():
     assert time.perf_counter() - start < 10
     lines = out.stdout.splitlines()
     assert len(lines) == len(registry.experiment_names())
-    name, summary = lines[0].split(maxsplit=1)
-    assert name == "kwon2019-table1" and "Table 1" in summary
+    listed = dict(line.split(maxsplit=1) for line in lines)
+    assert "Table 1" in listed["kwon2019-table1"] and "Zhuang" in listed["augmentation"]
 
 
 def test_everything_after_the_name_goes_to_the_experiment(probe):
@@ -81,7 +81,7 @@ def test_list_shows_every_registered_experiment(probe, capsys):
     "argv, message",
     [
         ([], "name an experiment (one of: "),
-        (["no-such-thing"], "no experiment named 'no-such-thing'; registered experiments: kwon2019-table1"),
+        (["no-such-thing"], "no experiment named 'no-such-thing'; registered experiments: augmentation, "),
         (["--frobnicate", "kwon2019-table1"], "unrecognized arguments: --frobnicate"),
     ],
     ids=["no-name", "unknown-name", "unknown-option"],
@@ -124,7 +124,7 @@ def test_register_rejects_what_it_cannot_run(name, command, summary, message):
 
 
 def test_unknown_names_list_the_registered_ones():
-    with pytest.raises(ValueError, match="registered experiments: kwon2019-table1"):
+    with pytest.raises(ValueError, match="registered experiments: augmentation, kwon2019-table1"):
         registry.get_experiment("kwon2019-table2")
     with pytest.raises(ValueError, match="no experiment named"):
         registry.unregister_experiment("kwon2019-table2")

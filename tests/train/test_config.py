@@ -136,7 +136,7 @@ def test_values_take_their_keys_types():
         ("train.eg_schedule=twice", "train.eg_schedule: Input should be 'paper', 'reference' or 'joint'"),
         ("train.critic_batch=new", "train.critic_batch: Input should be 'fresh' or 'same'"),
         ("train.kl_reduction=max", "train.kl_reduction: Input should be 'mean' or 'sum'"),
-        ("train.reconstruction=l2", "train.reconstruction: Input should be 'mse' or 'l1'"),
+        ("train.reconstruction=l2", "train.reconstruction: Input should be 'mse', 'l1' or 'bce'"),
         ("train.lambda_dec=-1", "train.lambda_dec: Input should be greater than or equal to 0"),
         ("model.latent_dim=big", "model.latent_dim: Input should be a valid integer"),
         ("model.widht=8", "unknown config key 'model.widht'; model 'alpha-wgan-gp' takes: "),

@@ -298,7 +298,7 @@ def test_gan_recipe_is_registered_once():
 def test_a_recipe_refuses_another_familys_keys():
     """train.lambda_kl means something to the VAE-GAN only: set on a GAN it is an error."""
     with pytest.raises(
-        ValueError, match="train.lambda_kl is not used by the 'gan' recipe.*only by 'vae-gan'"
+        ValueError, match="train.lambda_kl is not used by the 'gan' recipe.*only by 'cvae', 'vae-gan'"
     ):
         make_recipe(toy_model(), train_cfg(lambda_kl=2.0), "cpu")
     with pytest.raises(ValueError, match="train.lambda_rec is not used by the 'gan' recipe"):
