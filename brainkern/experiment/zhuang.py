@@ -809,13 +809,18 @@ def _fmt(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+# How the paper's tables write the generators.
+_PAPER_NAMES = {"gmm": "GMM", "cvae": "CVAE", "icw-gan": "ICW-GAN"}
+
+
 def _label(cond: str) -> tuple[str, str]:
     """(Input, Gen. model) as the paper's Table 1 writes them."""
     if cond == "real":
         return "Real", ""
     if cond == "real+noise":
         return "Real+noise", ""
-    return "Real+Synth.", cond[len("real+") :].upper() if cond.endswith("gmm") else cond[len("real+") :]
+    name = cond[len("real+") :]
+    return "Real+Synth.", _PAPER_NAMES.get(name, name)
 
 
 def direction_lines(summary: list[dict[str, Any]], generators: Sequence[str]) -> list[str]:
@@ -840,13 +845,19 @@ def direction_lines(summary: list[dict[str, Any]], generators: Sequence[str]) ->
                 c for c in shallow if acc(c, clf) is not None and mine["accuracy"] > acc(c, clf)["accuracy"]
             ]
             held = len(beats) == len(shallow) and mine["accuracy"] >= real["accuracy"]
+            p = mine["accuracy_p"]
+            if held and not p < 0.05:
+                verdict = ": in the paper's order, but not significantly above Real"
+            elif held:
+                verdict = ": the paper's direction holds"
+            else:
+                verdict = ": the paper's direction does not hold"
             lines.append(
                 f"- {clf}, Real+Synth. {g}: accuracy {mine['accuracy']:.3f}, "
                 f"Real {real['accuracy']:.3f}"
                 + "".join(f", {c} {acc(c, clf)['accuracy']:.3f}" for c in shallow)
                 + f" (difference to Real {mine['accuracy_diff']:+.3f}, "
-                f"corrected paired p = {mine['accuracy_p']:.2g})"
-                + (": the paper's direction holds" if held else ": the paper's direction does not hold")
+                f"corrected paired p = {mine['accuracy_p']:.2g})" + verdict
             )
     if "svm" in classifiers and "dnn3d" in classifiers:
         for cond in sorted({e["condition"] for e in summary}, key=lambda c: (c != "real", c)):
@@ -1032,7 +1043,8 @@ def figure2(
         gen = torch.Generator().manual_seed(seed)
         x = model.sample(n_classes, labels=torch.arange(n_classes), generator=gen)
         rows.append((name, x[:, 0].numpy()))
-    vmax = max(float(np.abs(v - background_values(v)[:, None, None, None]).max()) for _, v in rows) or 1.0
+    # One colour scale for every map: the largest value above a map's background.
+    vmax = max(float((v - background_values(v)[:, None, None, None]).max()) for _, v in rows) or 1.0
     fig, axes = plt.subplots(len(rows), n_classes, figsize=(3.3 * n_classes, 1.45 * len(rows) + 0.4))
     axes = np.asarray(axes).reshape(len(rows), n_classes)
     for r, (name, maps) in enumerate(rows):
@@ -1047,11 +1059,11 @@ def figure2(
                     display_mode="lzr",
                     plot_abs=False,
                     colorbar=False,
-                    vmin=-vmax,
+                    vmin=0.0,
                     vmax=vmax,
-                    cmap="cold_hot",
+                    cmap="hot",
                     annotate=False,
-                    threshold=0.1 * vmax,
+                    threshold=0.35 * vmax,
                 )
             if r == 0:
                 axes[r, c].set_title(dataset.classes[c], fontsize=9)
@@ -1067,7 +1079,9 @@ def figure2(
                     fontsize=9,
                 )
     fig.suptitle(
-        "Real and synthetic maps per class (glass-brain projections, relative to background)", fontsize=9
+        "Real and synthetic maps per class: glass-brain projections of the values above each map's "
+        f"background, shown from {0.35 * vmax:.2f}",
+        fontsize=9,
     )
     fig.savefig(path, dpi=110)
     plt.close(fig)
