@@ -10,7 +10,10 @@ into a :class:`~brainkern.models.classifier.Classifier` (``fit``, ``predict``,
 
 Registered so far (:func:`model_summaries`; ``python -m brainkern.train --list``):
 Kwon et al. (2019)'s ``alpha-wgan-gp`` and their baselines ``alpha-gan``,
-``wgan-gp`` and ``vae-gan`` (:mod:`brainkern.models.kwon`).
+``wgan-gp`` and ``vae-gan`` (:mod:`brainkern.models.kwon`); Zhuang et al.
+(2019)'s class-conditional ``icw-gan``, ``cvae`` and ``gmm``
+(:mod:`brainkern.models.zhuang`); the classifiers ``svm`` and ``dnn3d``
+(:mod:`brainkern.models.classifiers`).
 """
 
 # ``kwon``, ``zhuang`` and ``classifiers`` register their models on import (each

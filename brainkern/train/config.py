@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "lambda_kl": 1.0,  # vae-gan: the encoder's KL weight
         "lambda_dec": 20.0,  # vae-gan: the generator's reconstruction weight
         "kl_reduction": "mean",  # vae-gan: KL averaged ("mean") or summed ("sum") over latent dims
-        "reconstruction": "mse",  # vae-gan: "mse" (Kwon et al.'s code) or "l1"
+        "reconstruction": "mse",  # vae-gan: "mse" (Kwon et al.'s code) or "l1"; cvae also "bce"
         "checkpoint": False,  # gradient checkpointing of generator and discriminator blocks
         "gradfix": False,  # skip weight gradients inside the penalty's first backward
         "amp": "auto",  # "auto" (bf16 on CUDA), "bf16" or "off"
