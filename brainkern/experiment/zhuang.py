@@ -649,12 +649,12 @@ def run_augmentation(
             f"{out} holds an experiment with another configuration (its config.yaml); "
             "choose a new folder to run this one"
         )
-    stored.write_text(text)
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
 
     records, source = _records(cfg, progress)
     dataset = _dataset(cfg, records, progress)
+    stored.write_text(text)  # once the data are readable: a failed start leaves no config behind
     subjects = _subject_ids(records)
     files = [str(p) for p in dataset.paths]
     labels = np.asarray(dataset.labels)

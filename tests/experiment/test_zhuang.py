@@ -364,3 +364,38 @@ def test_conditional_samples_carry_their_class(name, label_cohort, tmp_path):
     samples = model.sample(30, labels=torch.as_tensor(labels), generator=torch.Generator().manual_seed(0))
     accuracy = float((svm.predict(samples.numpy()) == labels).mean())
     assert accuracy >= 0.7, accuracy
+
+
+def test_a_neurovault_folder_needs_its_label_field(tmp_path):
+    """``--data`` given a Neurovault download reads its images with the metadata field as label."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from brainkern.data import cohorts
+
+    table = cohorts.fmri(tmp_path / "cohort", n_per_class=2, n_classes=2, shape=(12, 14, 10), seed=1)
+    folder = tmp_path / "neurovault" / "collection_1"
+    folder.mkdir(parents=True)
+    for i, row in enumerate(pd.read_csv(table).itertuples()):
+        shutil.copy(table.parent / row.path, folder / f"image_{100 + i}.nii.gz")
+        (folder / f"image_{100 + i}_metadata.json").write_text(json.dumps({"task": row.label, "id": 100 + i}))
+    cfg = zhuang.augmentation_config("quick", [{"data": {"cohort": None, "table": str(folder.parent)}}])
+    with pytest.raises(ValueError, match="--label-field"):
+        zhuang._records(cfg, progress=False)
+    records, source = zhuang._records(dict(cfg, label_field="task"), progress=False)
+    assert source == folder.parent
+    assert sorted(r.label for r in records) == ["motor", "motor", "visual", "visual"]
+
+
+def test_command_line_errors_are_one_line(capsys, tmp_path):
+    from brainkern.experiment.zhuang_cli import main
+
+    assert main(["--preset", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "no augmentation preset 'nope'" in capsys.readouterr().err
+    assert main(["--set", "cv.folds=1", "--out", str(tmp_path / "x")]) == 2
+    assert "cv.folds must be an integer >= 2" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "config.yaml").exists()  # a failed start does not claim the folder
