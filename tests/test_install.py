@@ -155,7 +155,15 @@ def test_train_and_evaluate_from_another_folder(installed, tmp_path_factory):
     assert isinstance(json.loads((run / "run.json").read_text())["versions"]["extension"], str)
 
     experiments = _run([python, "-m", "brainkern.experiment", "--list"], cwd=elsewhere, env=env).stdout
-    assert experiments.split()[0] == "kwon2019-table1"
+    names = [line.split()[0] for line in experiments.splitlines()]
+    assert names == ["augmentation", "kwon2019-table1"]
+    # The experiment presets ship inside the package too.
+    presets = _run(
+        [python, "-c", "from brainkern.experiment.zhuang import augmentation_presets as p; print(p())"],
+        cwd=elsewhere,
+        env=env,
+    ).stdout
+    assert "quick" in presets and "zhuang2019" in presets
     (run / "evaluation.json").unlink()
     table = _run(
         [python, "-m", "brainkern.experiment", "kwon2019-table1", "run", "--quiet"], cwd=elsewhere, env=env

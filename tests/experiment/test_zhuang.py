@@ -6,9 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
 
-from brainkern.experiment import zhuang
+# A bare GPU image (benchmarks/gpu.sh's test stages) may lack these: skip, not fail to collect.
+stats = pytest.importorskip("scipy.stats")
+pytest.importorskip("sklearn")
+
+from brainkern.experiment import zhuang  # noqa: E402
 
 
 def _design(n_subjects: int = 24, per_subject: int = 2, n_classes: int = 3, seed: int = 0):
