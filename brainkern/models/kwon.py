@@ -42,6 +42,21 @@ _STAGES = 4
 _FACTOR = 2**_STAGES
 
 
+def parse_grid(shape: int | Sequence[int], owner: str = "grid") -> tuple[int, int, int]:
+    """``shape`` as a tuple of three ints (an int means a cube); sizes are not checked.
+
+    Raises:
+        TypeError: not an int or three ints.
+    """
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (int(shape),) * 3
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"{owner}: shape must be an int or 3 ints (D, H, W), got {shape!r}")
+    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
+        raise TypeError(f"{owner}: shape must be 3 ints (D, H, W), got {tuple(shape)!r}")
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]
+
+
 def check_grid(shape: int | Sequence[int], owner: str = "grid") -> tuple[int, int, int]:
     """The training grid ``(D, H, W)`` as a tuple of ints, each side a positive multiple of 16.
 
@@ -51,13 +66,7 @@ def check_grid(shape: int | Sequence[int], owner: str = "grid") -> tuple[int, in
         TypeError: not an int or three ints.
         ValueError: a side that is not a positive multiple of 16.
     """
-    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        shape = (int(shape),) * 3
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise TypeError(f"{owner}: shape must be an int or 3 ints (D, H, W), got {shape!r}")
-    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
-        raise TypeError(f"{owner}: shape must be 3 ints (D, H, W), got {tuple(shape)!r}")
-    shape = tuple(int(s) for s in shape)
+    shape = parse_grid(shape, owner)
     for axis, side in zip("DHW", shape, strict=True):
         if side <= 0 or side % _FACTOR:
             raise ValueError(

@@ -28,7 +28,6 @@ Every network keeps PyTorch's default initialisation.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -39,7 +38,7 @@ from torch import nn
 
 from brainkern.models._checkpoint import run_block
 from brainkern.models.base import GenerativeModel
-from brainkern.models.kwon import _check_positive, _check_volume
+from brainkern.models.kwon import _check_positive, _check_volume, parse_grid
 from brainkern.models.registry import register_model
 from brainkern.nn.conv import Conv3d as GradfixConv3d
 
@@ -71,13 +70,7 @@ def check_shape(shape: int | Sequence[int], owner: str = "grid") -> tuple[int, i
         TypeError: not an int or three ints.
         ValueError: a side < 1.
     """
-    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        shape = (int(shape),) * 3
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise TypeError(f"{owner}: shape must be an int or 3 ints (D, H, W), got {shape!r}")
-    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
-        raise TypeError(f"{owner}: shape must be 3 ints (D, H, W), got {tuple(shape)!r}")
-    out = tuple(int(s) for s in shape)
+    out = parse_grid(shape, owner)
     if min(out) < 1:
         raise ValueError(f"{owner}: grid sides must be >= 1, got {out}")
     return out  # type: ignore[return-value]
