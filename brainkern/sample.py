@@ -165,7 +165,7 @@ def sample_run(
 
     from brainkern.data import save_volume
     from brainkern.data.sources import Record, write_table
-    from brainkern.train.engine import _file_part, load_run
+    from brainkern.train.engine import file_part, load_run
 
     if labels is not None and per_class:
         raise ValueError("give either labels or per_class, not both")
@@ -210,7 +210,7 @@ def sample_run(
                 part = torch.as_tensor(label_ids[start : start + b], dtype=torch.int64)
                 volumes = model.generate(z, part.to(dev)).float().cpu()
                 names = [classes[int(k)] for k in part]
-                stems = [f"sample_{start + i:05d}_{_file_part(c)}" for i, c in enumerate(names)]
+                stems = [f"sample_{start + i:05d}_{file_part(c)}" for i, c in enumerate(names)]
             for i, (v, stem, name) in enumerate(zip(volumes, stems, names, strict=True)):
                 path = save_volume(v[0].numpy(), affine, out / f"{stem}.nii.gz")
                 paths.append(path)

@@ -175,7 +175,7 @@ def with_num_classes(cfg: dict[str, Any], classes: Sequence[str]) -> dict[str, A
     return cfg
 
 
-def _file_part(text: str) -> str:
+def file_part(text: str) -> str:
     """``text`` with every character outside ``[A-Za-z0-9._-]`` as ``_`` (a class name in a file name)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)) or "_"
 
@@ -427,7 +427,7 @@ class Trainer:
         )
         names = [f"sample_{i:03d}" for i in range(n)]
         if labels is not None:
-            classes = [_file_part(self.dataset.classes[int(k)]) for k in labels]
+            classes = [file_part(self.dataset.classes[int(k)]) for k in labels]
             names = [f"{name}_{cls}" for name, cls in zip(names, classes, strict=True)]
         return [
             self.dataset.save(v[0].numpy(), folder / f"{name}.nii.gz")
