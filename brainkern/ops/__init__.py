@@ -5,6 +5,7 @@ See :mod:`brainkern.ops._backend` for how a backend is chosen per call.
 
 from brainkern.ops._backend import BACKENDS, BackendError, backends, forced_backend, use_backend
 from brainkern.ops.conv3d_gradfix import conv3d_gradfix, no_weight_gradients
+from brainkern.ops.diff_augment3d import diff_augment3d, diff_augment3d_reference
 from brainkern.ops.gradient_penalty import gradient_penalty, gradient_penalty_reference
 from brainkern.ops.mmd import mmd2, mmd2_batched, mmd2_batched_reference, mmd2_reference
 from brainkern.ops.pixel_shuffle3d import (
@@ -28,6 +29,8 @@ __all__ = [
     "BackendError",
     "backends",
     "conv3d_gradfix",
+    "diff_augment3d",
+    "diff_augment3d_reference",
     "fold_resize_conv_weight",
     "fold_resize_conv_weight_transposed",
     "forced_backend",
