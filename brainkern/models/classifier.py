@@ -10,13 +10,16 @@ arrays, labels as ``(N,)`` integers ``0 .. C-1``.
 - :class:`SklearnClassifier` wraps an estimator (or pipeline) that takes flat
   feature rows; it flattens volumes itself.
 - :class:`TorchClassifier` wraps an ``nn.Module`` mapping volumes to ``(N, C)``
-  logits and trains it with Adam on the cross-entropy, seeded, in mini-batches.
+  logits and trains it with Adam or AdamW on the cross-entropy, seeded, in
+  mini-batches of a fixed set (optionally augmented afresh each batch) or of a
+  stream of fresh batches (:meth:`TorchClassifier.fit_stream`).
 
 ``fit(x, y, validation=(x_val, y_val))`` takes held-out real volumes for model
 selection only, as Zhuang et al. (2019) pick their classifiers on a validation
 split: a scikit-learn classifier chooses among candidate hyper-parameters (its
 ``grid``) by validation accuracy, a torch classifier keeps the weights of its best
-epoch. The validation volumes are never trained on. Both save to a single file
+epoch (by validation accuracy, or by validation loss as King et al. 2024 do). The
+validation volumes are never trained on. Both save to a single file
 and load back into an equal classifier, with what the selection recorded.
 """
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 import abc
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +256,7 @@ class SklearnClassifier(Classifier):
 
 
 class TorchClassifier(Classifier):
-    """An ``nn.Module`` (volumes ``(N, 1, D, H, W)`` -> logits ``(N, C)``) trained by Adam.
+    """An ``nn.Module`` (volumes ``(N, 1, D, H, W)`` -> logits ``(N, C)``) trained by Adam or AdamW.
 
     Every :meth:`fit` starts from the module's weights as they were when the
     classifier was built, so fitting twice with the same data and seed gives the
@@ -263,9 +266,16 @@ class TorchClassifier(Classifier):
 
     With ``validation``, the network is evaluated (eval mode) on the validation
     volumes after every epoch, and the weights of the best epoch are restored at
-    the end: highest validation accuracy, ties broken by the lower validation
-    cross-entropy (then the earlier epoch). ``patience`` stops training after that
-    many epochs without a better one.
+    the end. ``select="accuracy"`` (the default) ranks epochs by the highest
+    validation accuracy, ties broken by the lower validation cross-entropy (then the
+    earlier epoch); ``select="loss"`` by the lowest validation cross-entropy, ties
+    broken by the higher accuracy (then the earlier epoch): King et al. (2024) keep
+    their diagnosis classifier at its minimum validation loss. ``patience`` stops
+    training after that many epochs without a better one.
+
+    :meth:`fit_stream` trains on a stream of batches instead of a fixed set (King et
+    al.'s "Infinite" training set: a fresh synthetic batch each iteration), evaluating
+    every ``eval_every`` iterations.
 
     Args:
         module: the network; its output width must be the number of classes in the
@@ -273,20 +283,28 @@ class TorchClassifier(Classifier):
         epochs: passes over the training data.
         batch_size: mini-batch size (a last batch of one volume joins the one before
             it: BatchNorm cannot normalise a single volume on a 1^3 grid).
-        lr: Adam's learning rate; ``weight_decay``: its L2 term.
+        lr: the optimiser's learning rate; ``weight_decay``: Adam's L2 term, or AdamW's
+            decoupled weight decay.
         seed: seeds the order of the mini-batches and dropout (the module's initial
             weights are the caller's: build it under a seed).
-        patience: stop after this many epochs without a better validation score
-            (``None``: train every epoch); needs ``validation``.
+        patience: stop after this many epochs (evaluations, in :meth:`fit_stream`)
+            without a better validation score (``None``: train to the end); needs
+            ``validation``.
         device: where to train (``"auto"``: CUDA when present).
+        optimizer: ``"adam"`` or ``"adamw"``.
+        select: ``"accuracy"`` or ``"loss"``: how validation ranks the epochs.
 
     Attributes:
         history: one dict per epoch trained: ``epoch`` (from 1), ``loss`` (mean
             training cross-entropy) and, with validation, ``val_accuracy`` and
-            ``val_loss``.
-        best_epoch: the epoch whose weights the network holds (the last one without
-            validation); ``0`` before :meth:`fit`.
+            ``val_loss``; after :meth:`fit_stream` one per evaluation, keyed
+            ``iteration`` instead of ``epoch``.
+        best_epoch: the epoch (after :meth:`fit_stream`: the iteration) whose weights
+            the network holds (the last one without validation); ``0`` before fitting.
     """
+
+    OPTIMIZERS = ("adam", "adamw")
+    SELECTIONS = ("accuracy", "loss")
 
     def __init__(
         self,
@@ -299,6 +317,8 @@ class TorchClassifier(Classifier):
         seed: int = 0,
         patience: int | None = None,
         device: str = "auto",
+        optimizer: str = "adam",
+        select: str = "accuracy",
     ) -> None:
         self.module = module
         self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
@@ -307,7 +327,12 @@ class TorchClassifier(Classifier):
             raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
         if patience is not None and int(patience) < 1:
             raise ValueError(f"patience must be >= 1 or None, got {patience}")
+        if optimizer not in self.OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {self.OPTIMIZERS}, got {optimizer!r}")
+        if select not in self.SELECTIONS:
+            raise ValueError(f"select must be one of {self.SELECTIONS}, got {select!r}")
         self.patience = None if patience is None else int(patience)
+        self.optimizer, self.select = optimizer, select
         self.config = {}
         self.history: list[dict[str, float]] = []
         self.best_epoch = 0
@@ -342,8 +367,73 @@ class TorchClassifier(Classifier):
         net.train()
         return float(correct) / x.shape[0], float(loss) / x.shape[0]
 
-    def fit(self, x: Any, y: Any, *, validation: Validation | None = None) -> TorchClassifier:
+    def _score(self, row: dict[str, float]) -> tuple[float, float]:
+        """The validation ranking of an epoch: larger is better."""
+        if self.select == "loss":
+            return (-row["val_loss"], row["val_accuracy"])
+        return (row["val_accuracy"], -row["val_loss"])
+
+    def _record(self, net: nn.Module, val, row: dict[str, float], at: int, best: _Best) -> None:
+        """Complete a history row with the validation figures (when there is validation) and
+        keep the network's state in ``best`` if it ranks above the best so far."""
+        if val is not None:
+            row["val_accuracy"], row["val_loss"] = self._evaluate(net, *val)
+            score = self._score(row)
+            if best.score is None or score > best.score:
+                best.score, best.at, best.state = score, at, _cpu_state(net)
+        best.history.append(row)
+
+    def _finish(self, net: nn.Module, best: _Best, last: int) -> None:
+        """Restore the best state (or keep the last, without validation), in eval mode."""
+        if best.state is not None:
+            net.load_state_dict(best.state)
+        self.history, self.best_epoch = best.history, best.at if best.state is not None else last
+        net.eval()
+
+    def _start(self) -> tuple[nn.Module, torch.optim.Optimizer, torch.device]:
+        """The network back at its initial weights, in train mode on the device, and its optimiser."""
+        device = self._device()
+        self.module.load_state_dict(self._initial)
+        net = self.module.to(device).train()
+        kind = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
+        return net, kind(net.parameters(), lr=self.lr, weight_decay=self.weight_decay), device
+
+    def _step(
+        self, net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """One optimiser step on the batch ``x`` ``(B, 1, D, H, W)``; returns the batch's summed loss."""
+        logits = net(x)
+        if logits.shape[-1] != len(self.classes_):
+            raise ValueError(
+                f"the network gives {logits.shape[-1]} logits but the training labels "
+                f"have {len(self.classes_)} classes {self.classes_.tolist()}"
+            )
+        loss = nn.functional.cross_entropy(logits, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach() * x.shape[0]
+
+    def _validation_tensors(self, pair) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if pair is None:
+            return None
+        return self._tensor(pair[0]), torch.as_tensor(np.searchsorted(self.classes_, pair[1]))
+
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        validation: Validation | None = None,
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    ) -> TorchClassifier:
         """Train from the initial weights; with validation, keep the best epoch (see the class).
+
+        Args:
+            transform: applied to every training mini-batch ``(B, 1, D, H, W)`` on the
+                CPU before the step, with a CPU generator seeded from ``seed`` (so each
+                epoch sees freshly augmented volumes, reproducibly); e.g. a
+                :class:`brainkern.augment.DiffAugment3d`. Never applied to validation.
 
         Raises:
             ValueError: ``patience`` without ``validation``; labels that do not
@@ -357,49 +447,92 @@ class TorchClassifier(Classifier):
         if self.patience is not None and pair is None:
             raise ValueError("patience needs validation=(x_val, y_val) to stop on")
         target = torch.as_tensor(np.searchsorted(self.classes_, y))
-        if pair is not None:
-            x_val = self._tensor(pair[0])
-            t_val = torch.as_tensor(np.searchsorted(self.classes_, pair[1]))
-        device = self._device()
-        self.module.load_state_dict(self._initial)
-        net = self.module.to(device).train()
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        val = self._validation_tensors(pair)
+        net, opt, device = self._start()
         gen = torch.Generator().manual_seed(self.seed)
-        history: list[dict[str, float]] = []
-        best: tuple[float, float] | None = None
-        best_state, best_epoch = None, self.epochs
+        aug_gen = torch.Generator().manual_seed(self.seed + 1)
+        best = _Best()
         cuda = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.seed)
             for epoch in range(1, self.epochs + 1):
                 total = torch.zeros((), device=device)
                 for idx in self._batches(x.shape[0], gen):
-                    logits = net(x[idx].to(device))
-                    if logits.shape[-1] != len(self.classes_):
-                        raise ValueError(
-                            f"the network gives {logits.shape[-1]} logits but the training labels "
-                            f"have {len(self.classes_)} classes {self.classes_.tolist()}"
-                        )
-                    loss = nn.functional.cross_entropy(logits, target[idx].to(device))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += loss.detach() * idx.numel()
-                row = {"epoch": epoch, "loss": float(total) / x.shape[0]}
-                if pair is not None:
-                    row["val_accuracy"], row["val_loss"] = self._evaluate(net, x_val, t_val)
-                    score = (row["val_accuracy"], -row["val_loss"])
-                    if best is None or score > best:
-                        best, best_epoch, best_state = score, epoch, _cpu_state(net)
-                history.append(row)
-                if self.patience is not None and epoch - best_epoch >= self.patience:
+                    xb = x[idx] if transform is None else transform(x[idx], aug_gen)
+                    total += self._step(net, opt, xb.to(device), target[idx].to(device))
+                self._record(net, val, {"epoch": epoch, "loss": float(total) / x.shape[0]}, epoch, best)
+                if self.patience is not None and best.at and epoch - best.at >= self.patience:
                     break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        else:
-            best_epoch = len(history)
-        self.history, self.best_epoch = history, best_epoch
-        net.eval()
+        self._finish(net, best, epoch)
+        return self
+
+    def fit_stream(
+        self,
+        draw: Callable[[], tuple[Any, Any]],
+        iterations: int,
+        *,
+        classes: Sequence[int],
+        validation: Validation | None = None,
+        eval_every: int = 100,
+    ) -> TorchClassifier:
+        """Train from the initial weights on a stream of batches, one fresh batch per step.
+
+        King et al. (2024)'s "Infinite" training set: ``draw()`` is called once per
+        iteration and returns a new batch ``(x, y)`` (``(B, 1, D, H, W)`` volumes and
+        ``(B,)`` labels, e.g. generated on the fly); nothing is kept after its step.
+        ``batch_size`` and ``epochs`` are not used: the batch is what ``draw`` returns.
+        With ``validation``, the network is evaluated every ``eval_every`` iterations
+        (and after the last) and the best state by ``select`` is restored at the end;
+        ``patience`` counts evaluations. The same seed and the same stream give the same
+        network (dropout under the forked, seeded random state; the stream's own
+        randomness is the caller's).
+
+        Args:
+            draw: returns the next training batch.
+            iterations: optimiser steps.
+            classes: the class labels the stream can produce (the network's outputs in
+                this order); labels outside them are an error.
+            validation: held-out ``(x_val, y_val)`` for model selection.
+            eval_every: iterations between evaluations (and history rows).
+
+        Raises:
+            ValueError: ``iterations`` or ``eval_every`` below 1, ``patience`` without
+                validation, a batch label outside ``classes``, unseen validation
+                classes, or a network whose output width is not ``len(classes)``.
+        """
+        if int(iterations) < 1 or int(eval_every) < 1:
+            raise ValueError(f"iterations and eval_every must be >= 1, got {iterations} and {eval_every}")
+        self.classes_ = np.unique(_array(classes).astype(np.int64))
+        pair = _validation_pair(validation, self.classes_)
+        if self.patience is not None and pair is None:
+            raise ValueError("patience needs validation=(x_val, y_val) to stop on")
+        val = self._validation_tensors(pair)
+        net, opt, device = self._start()
+        best = _Best()
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.seed)
+            total, seen = torch.zeros((), device=device), 0
+            for it in range(1, int(iterations) + 1):
+                xb, yb = draw()
+                xb = self._tensor(xb)
+                yb = _labels(yb, xb.shape[0])
+                unknown = np.setdiff1d(yb, self.classes_)
+                if unknown.size:
+                    raise ValueError(
+                        f"the stream gave labels {unknown.tolist()} outside classes {self.classes_.tolist()}"
+                    )
+                target = torch.as_tensor(np.searchsorted(self.classes_, yb))
+                total += self._step(net, opt, xb.to(device), target.to(device))
+                seen += xb.shape[0]
+                if it % int(eval_every) and it != int(iterations):
+                    continue
+                self._record(net, val, {"iteration": it, "loss": float(total) / seen}, it, best)
+                total, seen = torch.zeros((), device=device), 0
+                stale = sum(1 for r in best.history if r["iteration"] > best.at)
+                if self.patience is not None and stale >= self.patience:
+                    break
+        self._finish(net, best, it)
         return self
 
     def predict_proba(self, x: Any) -> np.ndarray:
@@ -411,7 +544,7 @@ class TorchClassifier(Classifier):
         return torch.cat(out).double().numpy()
 
     def _state(self) -> dict[str, Any]:
-        keys = ("epochs", "batch_size", "lr", "weight_decay", "seed", "patience")
+        keys = ("epochs", "batch_size", "lr", "weight_decay", "seed", "patience", "optimizer", "select")
         return {
             "module": self.module.cpu(),
             "initial": self._initial,
@@ -431,6 +564,17 @@ class TorchClassifier(Classifier):
         if "initial" in state:
             out._initial = state["initial"]
         return out
+
+
+class _Best:
+    """Model selection while training: the best validation score so far, where it was reached
+    (epoch or iteration), the network's state there, and the history rows."""
+
+    def __init__(self) -> None:
+        self.score: tuple[float, float] | None = None
+        self.at = 0
+        self.state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
