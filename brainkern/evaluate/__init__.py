@@ -9,7 +9,14 @@
   nearest-training-volume check, which the trivial generators of
   :mod:`brainkern.evaluate.baselines` (:func:`mean_volume`, :func:`voxel_gaussian`,
   :func:`training_copies`) cannot win;
-- :func:`triplanar_mosaic`, :func:`loss_curves` (``pictures``): PNG pictures.
+- :func:`triplanar_mosaic`, :func:`loss_curves` (``pictures``): PNG pictures;
+- :func:`resnet50_3d` (MedicalNet's 3D ResNet-50, weights from a checkpoint you give),
+  :func:`fit_autoencoder` (the default ``autoencoder-3d`` extractor, trained on the
+  training volumes), :func:`extract_features` (``features``): features of volumes;
+- :func:`fid`, :func:`frechet_distance`, :func:`precision_recall`, :func:`feature_mmd2`,
+  :func:`fidelity_metrics`, :func:`fidelity_table`, :func:`format_fidelity_table`,
+  :func:`pca_scatter` (``fidelity``): King et al.'s (seed 003) FID, precision / recall
+  and MMD^2 on 3D features, beside the trivial baselines, and the PCA picture.
 
 What a paper compares with these metrics is an experiment, in
 :mod:`brainkern.experiment`: Kwon et al.'s Table 1 for a training run is
@@ -35,7 +42,19 @@ _EXPORTS = {
     "training_copies": "baselines",
     "verdict": "generation",
     "voxel_gaussian": "baselines",
+    "extract_features": "features",
+    "feature_bandwidths": "fidelity",
+    "feature_mmd2": "fidelity",
+    "fid": "fidelity",
+    "fidelity_metrics": "fidelity",
+    "fidelity_table": "fidelity",
+    "fit_autoencoder": "features",
+    "format_fidelity_table": "fidelity",
     "format_table": "generation",
+    "frechet_distance": "fidelity",
+    "pca_scatter": "fidelity",
+    "precision_recall": "fidelity",
+    "resnet50_3d": "features",
     "generation_table": "generation",
     "loss_curves": "pictures",
     "matched_noise": "generation",
