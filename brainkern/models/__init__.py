@@ -12,13 +12,14 @@ Registered so far (:func:`model_summaries`; ``python -m brainkern.train --list``
 Kwon et al. (2019)'s ``alpha-wgan-gp`` and their baselines ``alpha-gan``,
 ``wgan-gp`` and ``vae-gan`` (:mod:`brainkern.models.kwon`); Zhuang et al.
 (2019)'s class-conditional ``icw-gan``, ``cvae`` and ``gmm``
-(:mod:`brainkern.models.zhuang`); the classifiers ``svm`` and ``dnn3d``
-(:mod:`brainkern.models.classifiers`).
+(:mod:`brainkern.models.zhuang`); King et al. (2024)'s ``sn-gan`` and
+``alpha-sn-gan`` with their conditioning schemes (:mod:`brainkern.models.king`); the
+classifiers ``svm``, ``dnn3d`` and ``vgg3d`` (:mod:`brainkern.models.classifiers`).
 """
 
-# ``kwon``, ``zhuang`` and ``classifiers`` register their models on import (each
+# ``king``, ``kwon``, ``zhuang`` and ``classifiers`` register their models on import (each
 # imports the registry itself).
-from brainkern.models import classifiers, kwon, zhuang
+from brainkern.models import classifiers, king, kwon, zhuang
 from brainkern.models.base import GenerativeModel
 from brainkern.models.classifier import Classifier, SklearnClassifier, TorchClassifier
 from brainkern.models.registry import (
@@ -37,6 +38,7 @@ __all__ = [
     "TorchClassifier",
     "build_model",
     "classifiers",
+    "king",
     "kwon",
     "model_kind",
     "model_names",

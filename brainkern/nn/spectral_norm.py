@@ -30,7 +30,7 @@ from torch import nn
 
 from brainkern.ops.spectral_norm import spectral_norm_step, spectral_normalize
 
-__all__ = ["SNConv2d", "SNConv3d", "SNLinear", "spectral_norm_update"]
+__all__ = ["SNConv2d", "SNConv3d", "SNLinear", "has_spectral_norm", "spectral_norm_update"]
 
 # torch.nn.utils.parametrizations.spectral_norm iterates 15 times when it is built, and
 # register_parametrization's consistency check then runs one training forward
@@ -155,6 +155,11 @@ class SNLinear(_SpectralNormMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self._sn_weight(), self.bias)
+
+
+def has_spectral_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is or contains a :class:`SNConv3d` / :class:`SNConv2d` / :class:`SNLinear`."""
+    return any(isinstance(m, _SpectralNormMixin) for m in module.modules())
 
 
 @torch.no_grad()

@@ -82,6 +82,19 @@ DEFAULTS: dict[str, Any] = {
         "lambda_dec": 20.0,  # vae-gan: the generator's reconstruction weight
         "kl_reduction": "mean",  # vae-gan: KL averaged ("mean") or summed ("sum") over latent dims
         "reconstruction": "mse",  # vae-gan: "mse" (Kwon et al.'s code) or "l1"; cvae also "bce"
+        # King et al.'s DiffAugment-3D on every volume a discriminator sees (real and generated):
+        # any of "translation", "cutout", "intensity" (empty: off); each applied to a sample
+        # with probability diffaugment_p; the background value the translation fills with and
+        # the intensity scales around (None: from data.scale, -1 or 0).
+        "diffaugment": [],
+        "diffaugment_p": 0.3333333333333333,
+        "diffaugment_background": None,
+        # King et al.'s auxiliary classifier (models with a "classifier" network): trained on
+        # aux_iters real batches (Adam, aux_lr) before the GAN, then frozen; its cross-entropy
+        # on the generated volumes, weighted by lambda_cls, joins the generator's loss.
+        "lambda_cls": 1.0,
+        "aux_iters": 500,
+        "aux_lr": 2.0e-4,
         "checkpoint": False,  # gradient checkpointing of generator and discriminator blocks
         "gradfix": False,  # skip weight gradients inside the penalty's first backward
         "amp": "auto",  # "auto" (bf16 on CUDA), "bf16" or "off"

@@ -175,6 +175,15 @@ def with_num_classes(cfg: dict[str, Any], classes: Sequence[str]) -> dict[str, A
     return cfg
 
 
+def recipe_train(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``train`` section as the recipe gets it: ``diffaugment_background`` filled in from
+    ``data.scale`` (-1 for ``[-1,1]``, 0 for ``[0,1]``) where left unset."""
+    train = dict(cfg["train"])
+    if train.get("diffaugment_background") is None:
+        train["diffaugment_background"] = 0.0 if cfg["data"].get("scale") == "[0,1]" else -1.0
+    return train
+
+
 def file_part(text: str) -> str:
     """``text`` with every character outside ``[A-Za-z0-9._-]`` as ``_`` (a class name in a file name)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)) or "_"
@@ -271,7 +280,7 @@ class Trainer:
             _compute_in(self.model, dtype)
         if cfg["train"].get("sync_batchnorm"):
             distributed.convert_sync_batchnorm(self.model)
-        self.recipe: Recipe = make_recipe(self.model, cfg["train"], self.device, world)
+        self.recipe: Recipe = make_recipe(self.model, recipe_train(cfg), self.device, world)
         data = cfg["data"]
         # A recipe that fits on the whole training set (the "em" family) gets all of it per batch.
         self.batch_size = len(self.indices) if self.recipe.whole_data else int(cfg["train"]["batch_size"])

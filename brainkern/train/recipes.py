@@ -34,7 +34,17 @@ The contract a recipe keeps with the engine:
   discriminator is called in a step (spectral-norm power iterations), and
   ``critic_input`` hooks transform every input a discriminator sees, real and
   fake, in the generator's and the discriminator's updates alike, and inside the
-  gradient penalty (differentiable augmentation).
+  gradient penalty (differentiable augmentation). Every recipe installs two itself:
+  a discriminator with spectrally normalised layers gets one grouped power iteration
+  (:func:`brainkern.nn.spectral_norm_update`) before each use, and ``train.diffaugment``
+  (King et al.'s DiffAugment-3D, :class:`brainkern.augment.DiffAugment3d`) augments
+  every volume a discriminator sees (not the codes a code discriminator sees).
+- class labels: a network takes the batch's labels when it says so
+  (``takes_labels``, or ``num_classes > 0``); the generator through
+  ``model.generate(z, labels)``. A model with a frozen ``classifier`` network (King et
+  al.'s auxiliary classifier) gets it trained on the real training batches before the
+  first step (``train.aux_iters``), then adds ``lambda_cls`` times its cross-entropy
+  on the generated volumes to the generator's loss (logged as ``loss_cls``).
 
 Families:
 
@@ -70,12 +80,14 @@ training volume in each batch (the engine sizes its batches so).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
+from brainkern.nn.spectral_norm import has_spectral_norm, spectral_norm_update
 from brainkern.ops import gradient_penalty
 from brainkern.ops.gradient_penalty import lazy_count, set_lazy_count
 from brainkern.train.distributed import World, reduce_gradients
@@ -211,6 +223,13 @@ class Recipe:
         self.hooks: dict[str, list[Callable]] = {kind: [] for kind in HOOKS}
         self.optimizers = self._build_optimizers(train)
         self._critics: dict[str, _Critic] = {}
+        self._install_spectral_norm()
+        self._install_diffaugment(train)
+        self.lambda_cls = float(self._option(train, "lambda_cls"))
+        self.aux_iters = int(self._option(train, "aux_iters"))
+        self.aux_lr = float(self._option(train, "aux_lr"))
+        if self.has_classifier:
+            self.losses = (*type(self).losses, "loss_cls")
         # The next batch of the run's stream, for recipes that read several per iteration;
         # the engine binds it (see the module docstring).
         self.draw: Callable[[], Batch | torch.Tensor] | None = None
@@ -280,6 +299,48 @@ class Recipe:
         return optimizers
 
     # -- hooks ------------------------------------------------------------------------
+
+    def _install_spectral_norm(self) -> None:
+        """A ``before_critic`` hook: one grouped power iteration of every SN layer of the
+        discriminator about to be used; its result serves all of that use's forwards."""
+        with_sn = {name for name, net in self.model.networks().items() if has_spectral_norm(net)}
+        if with_sn:
+
+            def refresh(recipe: Recipe, name: str) -> None:
+                if name in with_sn:
+                    spectral_norm_update(recipe.model[name], forwards=None)
+
+            self.add_hook("before_critic", refresh)
+
+    def _install_diffaugment(self, train: dict[str, Any]) -> None:
+        """A ``critic_input`` hook applying ``train.diffaugment`` to every volume (5-d input)
+        a discriminator sees, real and generated, with fresh per-sample draws made for
+        the global batch and sliced to this process's part."""
+        policy = list(self._option(train, "diffaugment") or [])
+        if not policy:
+            self.diffaugment = None
+            return
+        from brainkern.augment import DiffAugment3d
+
+        background = self._option(train, "diffaugment_background")
+        background = -1.0 if background is None else float(background)
+        self.diffaugment = aug = DiffAugment3d(
+            policy=tuple(policy), p=float(self._option(train, "diffaugment_p")), background=background
+        )
+        world = self.world
+
+        def augment(x: torch.Tensor, name: str) -> torch.Tensor:  # noqa: ARG001
+            if x.dim() != 5:
+                return x
+            params = aug.draw(x.shape[0] * world.size, tuple(x.shape[2:]), device=x.device)
+            if world.size > 1:
+                params = dataclasses.replace(
+                    params,
+                    **{f.name: world.shard(getattr(params, f.name)) for f in dataclasses.fields(params)},
+                )
+            return aug.apply(x, params)
+
+        self.add_hook("critic_input", augment)
 
     def add_hook(self, kind: str, fn: Callable) -> Callable:
         """Register ``fn`` as a ``before_critic`` or ``critic_input`` hook; returns it.
@@ -381,6 +442,71 @@ class Recipe:
         """The batch's ``image`` (a bare tensor is taken as the images)."""
         return batch if isinstance(batch, torch.Tensor) else batch["image"]
 
+    def labels_for(self, name: str, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """``labels`` if network ``name`` takes class labels (``takes_labels``, or
+        ``num_classes > 0``), else ``None``."""
+        if labels is None:
+            return None
+        net = self.model[name]
+        takes = getattr(net, "takes_labels", None)
+        if takes is None:
+            takes = getattr(net, "num_classes", 0) > 0
+        return labels if takes else None
+
+    def _call(self, name: str, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Network ``name`` (not a critic: no hooks) on ``x``, with the labels if it takes them."""
+        labels = self.labels_for(name, labels)
+        net = self.model[name]
+        return net(x) if labels is None else net(x, labels)
+
+    # -- the auxiliary classifier (King et al.) ------------------------------------------
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the model is conditional and has a ``classifier`` network (trained
+        before the GAN, then frozen, giving the generator a class loss)."""
+        return getattr(self.model, "conditional", False) and "classifier" in self.model.networks()
+
+    def _prepare_classifier(self) -> None:
+        """Train the auxiliary classifier on ``train.aux_iters`` real batches from
+        :attr:`draw` (Adam, ``train.aux_lr``, cross-entropy) unless it is already fitted
+        (its ``fitted`` buffer, kept in checkpoints); then it stays frozen.
+
+        Raises:
+            ValueError: no ``draw`` bound to read the real batches from.
+        """
+        if not self.has_classifier:
+            return
+        clf = self.model.classifier
+        if bool(getattr(clf, "fitted", True)):
+            return
+        if self.draw is None:
+            raise ValueError(
+                f"{self.model.name}: the auxiliary classifier is trained on real batches read through "
+                "recipe.draw, which is not bound (the Trainer binds it)"
+            )
+        params = list(clf.parameters())
+        opt = torch.optim.Adam(params, lr=self.aux_lr)
+        clf.requires_grad_(True)
+        try:
+            for _ in range(self.aux_iters):
+                batch = self.draw()
+                with self.autocast():
+                    logits = clf(self.images(batch))
+                loss = torch.nn.functional.cross_entropy(logits.float(), self.labels(batch))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                reduce_gradients(params, self.world)
+                opt.step()
+        finally:
+            clf.requires_grad_(False)
+        clf.fitted.fill_(True)
+
+    def _class_loss(self, fakes: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the frozen classifier on each generated set for its labels."""
+        clf = self.model.classifier
+        return sum(torch.nn.functional.cross_entropy(clf(f).float(), labels) for f in fakes) / len(fakes)
+
     def labels(self, batch: Batch | torch.Tensor) -> torch.Tensor | None:
         """The batch's ``label`` for a conditional model, else ``None``.
 
@@ -448,27 +574,43 @@ def register_recipe(family: str) -> Callable[[R], R]:
 
 @register_recipe("gan")
 class GANRecipe(Recipe):
-    """Generator + discriminator (``wgan-gp`` and other plain GANs)."""
+    """Generator + discriminator (``wgan-gp``, hinge SN-GANs and other plain GANs).
+
+    Per iteration the generator ``g_updates`` times, then the discriminator
+    ``d_updates`` times. A conditional model's labels reach the generator, and the
+    discriminator when it takes them (ICW-GAN's, a projection discriminator); with an
+    auxiliary classifier the generator's loss adds ``lambda_cls`` times its
+    cross-entropy on the generated volumes (logged as ``loss_cls``).
+    """
 
     networks = ("generator", "discriminator")
     losses = ("loss_g", "loss_d", "gp_d")
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self._prepare_classifier()
         real, y = self.images(batch), self.labels(batch)
         model, D = self.model, self.critic("discriminator")
+        y_d = self.labels_for("discriminator", y)
         n = real.shape[0]
         logs: dict[str, torch.Tensor] = {}
         with frozen(model.discriminator):
             for _ in range(self.g_updates):
                 self._before_critic("discriminator")
                 with self.autocast():
-                    loss_g = generator_loss(self.loss, [D(model.generate(self._latent(n), y), y)])
-                self._update(loss_g, "generator")
+                    fake = model.generate(self._latent(n), y)
+                    loss_g = generator_loss(self.loss, [D(fake, y_d)])
+                    total = loss_g
+                    if self.has_classifier:
+                        loss_cls = self._class_loss([fake], y)
+                        total = loss_g + self.lambda_cls * loss_cls
+                self._update(total, "generator")
         logs["loss_g"] = loss_g.detach()
+        if self.has_classifier:
+            logs["loss_cls"] = loss_cls.detach()
         for _ in range(self.d_updates):
             with torch.no_grad(), self.autocast():
                 fake = self._full(model.generate(self._latent(n), y))
-            logs.update(self._critic_step("discriminator", real, [fake], y))
+            logs.update(self._critic_step("discriminator", real, [fake], y_d))
         return logs
 
 
@@ -527,22 +669,33 @@ class AlphaRecipe(Recipe):
         self.critic_batch = self._choice(train, "critic_batch", self.CRITIC_BATCHES)
 
     def _eg_losses(
-        self, real: torch.Tensor, *, encoder: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The adversarial, reconstruction and code terms of ``L_E + L_G`` on ``real``;
-        ``encoder=False``: the encoder runs without gradients and the code term
-        (``None``) is left out."""
-        E, G = self.model.encoder, self.model.generator
+        self, real: torch.Tensor, y: torch.Tensor | None, *, encoder: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The adversarial, reconstruction, code and class terms of ``L_E + L_G`` on ``real``
+        (labels ``y`` for a conditional model); ``encoder=False``: the encoder runs without
+        gradients and the code term (``None``) is left out. The class term is ``None``
+        without an auxiliary classifier."""
+        G = self.model
         D, C = self.critic("discriminator"), self.critic("code_discriminator")
+        y_d, y_c = self.labels_for("discriminator", y), self.labels_for("code_discriminator", y)
         self._before_critic("discriminator", *(("code_discriminator",) if encoder else ()))
         with self.autocast():
             with contextlib.nullcontext() if encoder else torch.no_grad():
-                z_e = E(real)
-            x_rec, x_rand = G(z_e), G(self._latent(real.shape[0]))
-            adv = generator_loss(self.loss, [D(x_rec), D(x_rand)])
+                z_e = self._call("encoder", real, y)
+            x_rec, x_rand = G.generate(z_e, y), G.generate(self._latent(real.shape[0]), y)
+            adv = generator_loss(self.loss, [D(x_rec, y_d), D(x_rand, y_d)])
             rec = l1_reconstruction(real, x_rec)
-            code = generator_loss(self.loss, [C(z_e)]) if encoder else None
-        return adv, rec, code
+            code = generator_loss(self.loss, [C(z_e, y_c)]) if encoder else None
+            cls = self._class_loss([x_rec, x_rand], y) if self.has_classifier else None
+        return adv, rec, code, cls
+
+    def _eg_total(self, adv, rec, code, cls) -> torch.Tensor:
+        total = adv + self.lambda_rec * rec
+        if code is not None:
+            total = total + code
+        if cls is not None:
+            total = total + self.lambda_cls * cls
+        return total
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.critic_batch == "fresh" and self.draw is None:
@@ -551,35 +704,41 @@ class AlphaRecipe(Recipe):
                 "recipe.draw, which is not bound: set recipe.draw to a function returning the next "
                 "batch (the Trainer does), or use train.critic_batch='same'"
             )
-        real = self.images(batch)
-        E, G = self.model.encoder, self.model.generator
+        self._prepare_classifier()
+        real, y = self.images(batch), self.labels(batch)
         logs: dict[str, torch.Tensor] = {}
         # 1. encoder and generator (see the class docstring for the schedules).
         with frozen(self.model.discriminator, self.model.code_discriminator):
-            adv, rec, code = self._eg_losses(real, encoder=True)
-            self._update(adv + self.lambda_rec * rec + code, "encoder", "generator")
+            adv, rec, code, cls = self._eg_losses(real, y, encoder=True)
+            self._update(self._eg_total(adv, rec, code, cls), "encoder", "generator")
             for _ in range(self.g_updates - 1):
                 if self.eg_schedule == "reference":
                     # The gradients are already averaged over the processes: step on them again.
                     self.optimizers["generator"].step()
                 elif self.eg_schedule == "joint":
-                    adv, rec, code = self._eg_losses(real, encoder=True)
-                    self._update(adv + self.lambda_rec * rec + code, "encoder", "generator")
+                    adv, rec, code, cls = self._eg_losses(real, y, encoder=True)
+                    self._update(self._eg_total(adv, rec, code, cls), "encoder", "generator")
                 else:
-                    adv, rec, _ = self._eg_losses(real, encoder=False)
-                    self._update(adv + self.lambda_rec * rec, "generator")
+                    adv, rec, _, cls = self._eg_losses(real, y, encoder=False)
+                    self._update(self._eg_total(adv, rec, None, cls), "generator")
         logs.update(loss_g=adv.detach(), loss_rec=rec.detach(), loss_e=code.detach())
+        if cls is not None:
+            logs["loss_cls"] = cls.detach()
         # 2. the image discriminator: real against reconstructions and samples.
         if self.critic_batch == "fresh":
-            real = self.images(self.draw())
+            second = self.draw()
+            real, y = self.images(second), self.labels(second)
         n = real.shape[0]
         with torch.no_grad(), self.autocast():
-            z_e = self._full(E(real))
-            x_rec, x_rand = self._full(G(z_e)), self._full(G(self._latent(n)))
+            z_e = self._full(self._call("encoder", real, y))
+            x_rec = self._full(self.model.generate(z_e, y))
+            x_rand = self._full(self.model.generate(self._latent(n), y))
+        y_d = self.labels_for("discriminator", y)
         for _ in range(self.d_updates):
-            logs.update(self._critic_step("discriminator", real, [x_rec, x_rand]))
+            logs.update(self._critic_step("discriminator", real, [x_rec, x_rand], y_d))
         # 3. the code discriminator: prior samples are "real", encodings "fake".
-        logs.update(self._critic_step("code_discriminator", self._latent(n), [z_e]))
+        y_c = self.labels_for("code_discriminator", y)
+        logs.update(self._critic_step("code_discriminator", self._latent(n), [z_e], y_c))
         return logs
 
 
