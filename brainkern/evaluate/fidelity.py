@@ -257,7 +257,8 @@ def fidelity_metrics(
 
 
 def fidelity_notes(rows: Sequence[Mapping[str, Any]], baselines: Sequence[str]) -> list[str]:
-    """One line per metric on which a trivial baseline scores at least as well as every model.
+    """One line per trivial baseline that scores at least as well as every model on some metric:
+    which metrics, its value beside the best model's, and why a baseline can do that.
 
     Args:
         rows: ``{"name", metric: value, ...}`` per set (each metric of :data:`FIDELITY_METRICS`).
@@ -265,17 +266,20 @@ def fidelity_notes(rows: Sequence[Mapping[str, Any]], baselines: Sequence[str]) 
     """
     models = [r for r in rows if r["name"] not in baselines]
     notes = []
-    for metric, (title, higher) in FIDELITY_METRICS.items():
-        sign = 1.0 if higher else -1.0
-        for b in (r for r in rows if r["name"] in baselines):
-            if not models or all(sign * b[metric] >= sign * m[metric] for m in models):
+    for b in (r for r in rows if r["name"] in baselines):
+        won = []
+        for metric, (title, higher) in FIDELITY_METRICS.items():
+            sign = 1.0 if higher else -1.0
+            if all(sign * b[metric] >= sign * m[metric] for m in models):
                 best = max(models, key=lambda m: sign * m[metric]) if models else None
-                versus = f" (best model: {best['name']} {best[metric]:.4g})" if best else ""
-                why = _BASELINE_WHY.get(b["name"], "a generator that learned nothing scores as well")
-                notes.append(
-                    f"{title}: the baseline '{b['name']}' ({b[metric]:.4g}) scores at least as well as "
-                    f"every model{versus}; {why}."
-                )
+                versus = f" vs {best['name']} {best[metric]:.4g}" if best else ""
+                won.append(f"{title} ({b[metric]:.4g}{versus})")
+        if won:
+            why = _BASELINE_WHY.get(b["name"], "a generator that learned nothing scores as well")
+            notes.append(
+                f"the baseline '{b['name']}' scores at least as well as every model on "
+                f"{', '.join(won)}: {why}."
+            )
     return notes
 
 

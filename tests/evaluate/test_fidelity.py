@@ -153,10 +153,17 @@ def test_notes_name_a_winning_baseline():
         {"name": "mean volume", "fid": 9.0, "precision": 0.5, "recall": 0.0, "mmd2": 0.9},
     ]
     notes = fidelity_notes(rows, ("training copies", "mean volume"))
-    assert len(notes) == 3
-    assert notes[0].startswith("FID: the baseline 'training copies' (1)") and "memorisation" in notes[0]
-    assert notes[1].startswith("Precision: the baseline 'training copies'")
-    assert notes[2].startswith("Precision: the baseline 'mean volume' (0.5)")  # a tie counts
+    assert len(notes) == 2
+    assert notes[0].startswith(
+        "the baseline 'training copies' scores at least as well as every model on FID (1 vs gan 5), "
+        "Precision (0.9 vs gan 0.5): "
+    )
+    assert "memorisation" in notes[0]
+    # A tie counts.
+    assert notes[1].startswith(
+        "the baseline 'mean volume' scores at least as well as every model on Precision (0.5 vs gan 0.5): "
+    )
+    assert fidelity_notes(rows[:1], ("training copies",)) == []
 
 
 def _blobs(n: int, seed: int, shift: float = 0.0) -> torch.Tensor:
