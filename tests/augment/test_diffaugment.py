@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from brainkern.augment import POLICIES, AugmentParams, DiffAugment3d, diff_augment
-from brainkern.ops import diff_augment3d_reference
+from brainkern.ops import diff_augment3d_reference, use_backend
 
 
 def _params(shift=(0, 0, 0), lo=(0, 0, 0), hi=(0, 0, 0), scale=1.0) -> AugmentParams:
@@ -247,3 +247,25 @@ def test_policies_and_repr():
     assert POLICIES == ("translation", "cutout", "intensity")
     assert "p=0.3333" in repr(DiffAugment3d())
     assert DiffAugment3d(policy="intensity, cutout").policy == ("intensity", "cutout")
+
+
+# ----------------------------------------------------------------------------- every backend, every device
+
+
+def test_draw_and_apply_on_every_backend(backend_device):
+    """A CPU generator's draw applied on the tensor's device and backend, without host syncs."""
+    from tests.conftest import forbid_host_sync  # noqa: PLC0415
+
+    backend, device = backend_device
+    augment = DiffAugment3d(p=1.0, background=-1.0)
+    x = torch.rand(4, 2, 6, 5, 7, dtype=torch.float64).mul(2).sub(1).to(device).requires_grad_()
+    with use_backend(backend), forbid_host_sync(device):
+        y = augment(x, generator=torch.Generator().manual_seed(9))
+        (gx,) = torch.autograd.grad(y.square().sum(), x)
+    params = augment.draw(4, x.shape, generator=torch.Generator().manual_seed(9))
+    assert params.shift.device.type == "cpu"
+    ref = x.detach().cpu().requires_grad_()
+    y_ref = diff_augment3d_reference(ref, params.shift, params.lo, params.hi, params.scale, -1.0)
+    (g_ref,) = torch.autograd.grad(y_ref.square().sum(), ref)
+    assert torch.equal(y.detach().cpu(), y_ref.detach())
+    torch.testing.assert_close(gx.cpu(), g_ref, rtol=1e-12, atol=1e-12)
