@@ -317,6 +317,27 @@ def test_custom_op_passes_opcheck(backend_device):
             assert set(result.values()) == {"SUCCESS"}, result
 
 
+def test_compiles_into_one_graph_and_chooses_the_backend_when_it_runs():
+    from torch._dynamo.testing import CompileCounterWithBackend  # noqa: PLC0415
+
+    shape = (2, 1, 3, 2, 4)
+    params = _params(shape)
+    counter = CompileCounterWithBackend("aot_eager")
+    fn = torch.compile(lambda x: diff_augment3d(x, *params, -1.0) * 2, fullgraph=True, backend=counter)
+    x = torch.randn(shape, requires_grad=True)
+    g = torch.randn(shape)
+    (g_ref,) = torch.autograd.grad(diff_augment3d_reference(x, *params, -1.0) * 2, x, g)
+    for name in ("cpu", "reference"):
+        if backends()[name] is not True:
+            continue
+        with use_backend(name):
+            y = fn(x)
+        (gx,) = torch.autograd.grad(y, x, g)
+        assert torch.equal(y, diff_augment3d_reference(x.detach(), *params, -1.0) * 2)
+        assert torch.equal(gx, g_ref)
+    assert counter.frame_count == 1
+
+
 _needs_op = pytest.mark.skipif(
     backends()["cpu"] is not True or not hasattr(torch.ops.brainkern, "diff_augment3d"),
     reason="brainkern._C is not built with diff_augment3d",
