@@ -383,6 +383,8 @@ def table_markdown(
             lines.append(
                 f"- {FIDELITY_METRICS[m][0]}: F({s['df_between']}, {s['df_within']}) = {s['F']:.4g}, "
                 f"p = {s['p']:.3g}"
+                if not math.isnan(s["F"])
+                else f"- {FIDELITY_METRICS[m][0]}: no variance within the architectures' sets: no F"
             )
         lines += [
             "",
@@ -392,10 +394,11 @@ def table_markdown(
             "| --- | --- | --- | ---: | ---: |",
         ]
         for t in tests:
-            lines.append(
-                f"| {FIDELITY_METRICS[t['metric']][0]} | {t['a']} | {t['b']} | {t['t']:.3g} ({t['df']}) | "
-                f"{t['p_bonferroni']:.3g} |"
-            )
+            if math.isnan(t["t"]):  # both groups constant: no test
+                cells = f"n/a ({t['df']}) | n/a (no variance) |"
+            else:
+                cells = f"{t['t']:.3g} ({t['df']}) | {t['p_bonferroni']:.3g} |"
+            lines.append(f"| {FIDELITY_METRICS[t['metric']][0]} | {t['a']} | {t['b']} | {cells}")
     notes = fidelity_notes(summary, baselines)
     lines += ["", "## Where a trivial baseline wins (on the means)", ""]
     lines += [f"- {n}" for n in notes] or ["- nowhere: every metric has a model ahead of every baseline"]
@@ -686,8 +689,8 @@ def write_outputs(
             feats,
             {"real": classes[ref_labels].tolist()},
             out / "pca.png",
-            title=f"PCA of the real ({cfg['reference']}) features, {extractor}: "
-            "real and each architecture's first set",
+            title=f"PCA of the real ({cfg['reference']}) features ({extractor}):\n"
+            "real volumes and each architecture's first set",
         )
     log(text)
     log("written: " + ", ".join(str(p) for p in paths.values()))

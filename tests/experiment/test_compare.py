@@ -18,20 +18,34 @@ pytest.importorskip("matplotlib")
 from brainkern.experiment import compare  # noqa: E402
 from brainkern.experiment.compare_cli import main  # noqa: E402
 
-# Two tiny architectures from presets every checkout has, on a tiny smri cohort.
+# Two tiny architectures from presets every checkout has, on the tiny smri cohort test_kwon.py
+# makes too (the session's cohort cache holds it once: simulating it is the slow part).
 TINY = {
-    "data": {"cohort": "smri", "n_per_class": 6, "shape": [16, 16, 16], "cohort_shape": [16, 16, 16]},
-    "split": {"folds": 3, "fold": 1, "seed": 0},
+    "data": {"cohort": "smri", "n_per_class": 3, "shape": [16, 16, 16], "cohort_shape": [16, 16, 16]},
+    "split": {"folds": 2, "fold": 1, "seed": 0},
+    "metrics": {"k": 2},
     "architectures": [
         {
             "name": "wgan",
             "preset": "kwon2019-wgan-gp",
-            "set": {"model.width": 4, "model.latent_dim": 8, "train.iters": 2, "train.g_updates": 1},
+            "set": {
+                "model.width": 4,
+                "model.latent_dim": 8,
+                "train.iters": 2,
+                "train.g_updates": 1,
+                "train.batch_size": 2,
+            },
         },
         {
             "name": "alpha",
             "preset": "quick",
-            "set": {"model.width": 4, "model.latent_dim": 8, "model.code_hidden": 8, "train.iters": 2},
+            "set": {
+                "model.width": 4,
+                "model.latent_dim": 8,
+                "model.code_hidden": 8,
+                "train.iters": 2,
+                "train.batch_size": 2,
+            },
         },
     ],
     "sets": 2,
