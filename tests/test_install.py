@@ -156,7 +156,7 @@ def test_train_and_evaluate_from_another_folder(installed, tmp_path_factory):
 
     experiments = _run([python, "-m", "brainkern.experiment", "--list"], cwd=elsewhere, env=env).stdout
     names = [line.split()[0] for line in experiments.splitlines()]
-    assert names == ["augmentation", "kwon2019-table1"]
+    assert names == ["augmentation", "compare", "diagnosis", "kwon2019-table1"]
     # The experiment presets ship inside the package too.
     presets = _run(
         [python, "-c", "from brainkern.experiment.zhuang import augmentation_presets as p; print(p())"],

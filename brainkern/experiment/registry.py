@@ -157,3 +157,16 @@ register_experiment(
     "Zhuang et al. (2019) Tables 1 and 3: SVM and 3D DNN on Real, Real+noise and Real+Synth. "
     "(GMM, CVAE, ICW-GAN trained inside each fold), cross-validated, tested on real maps",
 )
+register_experiment(
+    "diagnosis",
+    "brainkern.experiment.king_cli:main",
+    "King et al. (2024) Table 1 and Fig. 6: a 3D VGG-like diagnosis classifier trained on Real, "
+    "Augmented, Mixed, Synthetic and Infinite sets (a conditional GAN trained inside each fold), "
+    "tested on real volumes",
+)
+register_experiment(
+    "compare",
+    "brainkern.experiment.compare_cli:main",
+    "King et al. (2024) Fig. 2: generator architectures compared by FID, precision, recall and MMD^2 "
+    "on 3D features over ten synthetic sets each, with the trivial baselines",
+)

@@ -42,7 +42,8 @@ def test_list_and_help_are_fast_and_import_no_torch():
         "import sys, contextlib, io\n"
         "from brainkern.experiment.__main__ import main\n"
         "assert main(['--list']) == 0\n"
-        "for argv in (['--help'], ['kwon2019-table1', '--help'], ['augmentation', '--help']):\n"
+        "for argv in (['--help'], ['kwon2019-table1', '--help'], ['augmentation', '--help'],\n"
+        "             ['diagnosis', '--help'], ['compare', '--help']):\n"
         "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "        try:\n"
         "            main(argv)\n"
@@ -63,6 +64,7 @@ def test_list_and_help_are_fast_and_import_no_torch():
     assert len(lines) == len(registry.experiment_names())
     listed = dict(line.split(maxsplit=1) for line in lines)
     assert "Table 1" in listed["kwon2019-table1"] and "Zhuang" in listed["augmentation"]
+    assert "King" in listed["diagnosis"] and "King" in listed["compare"]
 
 
 def test_everything_after_the_name_goes_to_the_experiment(probe):
