@@ -640,14 +640,17 @@ def _errors(entries: list[dict[str, Any]], metric: str) -> list[list[float]]:
     return [lo, hi]
 
 
-def _panel(ax, summary: list[dict[str, Any]], metric: str, chance: float) -> None:
-    """One metric per set: small sets as circles, large ones as squares, Infinite as a diamond."""
+def _panel(ax, summary: list[dict[str, Any]], metric: str, chance: float, stars: Sequence[str] = ()) -> None:
+    """One metric per set: small sets as circles, large ones as squares, Infinite as a diamond;
+    ``*`` above the sets in ``stars`` (significantly different from Real)."""
     entries = [e for e in summary if e["set"] != BASELINE]
     for i, e in enumerate(entries):
         marker = "D" if e["set"] == "infinite" else ("o" if e["set"] in SMALL_SETS else "s")
         err = _errors([e], metric)
         ax.errorbar([i], [e[metric]], yerr=err, fmt=marker, capsize=3, color="C0" if marker == "o" else "C1")
-    ax.axhline(chance, ls=":", color="grey", label=f"chance {chance:.2f}")
+        if e["set"] in stars:
+            ax.text(i, min(0.97, e[metric] + err[1][0] + 0.03), "*", ha="center", fontsize=12)
+    ax.axhline(chance, ls=":", color="grey", label=f"chance (majority class) {chance:.2f}")
     ax.set_xticks(
         range(len(entries)), [SET_TITLES[e["set"]] for e in entries], rotation=35, ha="right", fontsize=7
     )
@@ -656,8 +659,9 @@ def _panel(ax, summary: list[dict[str, Any]], metric: str, chance: float) -> Non
     ax.grid(axis="y", alpha=0.3)
 
 
-def figures(summary: list[dict[str, Any]], out: Path) -> dict[str, Path]:
-    """``figure6.png`` (accuracy, chance line: the majority rate) and ``figureS11.png`` (the other
+def figures(summary: list[dict[str, Any]], out: Path, stars: Sequence[str] = ()) -> dict[str, Path]:
+    """``figure6.png`` (accuracy, chance line: the majority rate; ``*``: the sets in ``stars``,
+    accuracy significantly different from Real after Bonferroni) and ``figureS11.png`` (the other
     metrics, chance 0.5), 95% CI bars."""
     import matplotlib
 
@@ -667,7 +671,7 @@ def figures(summary: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     base = next((e for e in summary if e["set"] == BASELINE), None)
     paths = {"figure6": out / "figure6.png", "figureS11": out / "figureS11.png"}
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    _panel(ax, summary, "accuracy", base["accuracy"] if base else 0.5)
+    _panel(ax, summary, "accuracy", base["accuracy"] if base else 0.5, stars)
     ax.set_ylabel("test accuracy (real volumes), 95% CI")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -693,7 +697,8 @@ def write_outputs(out: Path, cfg: dict[str, Any], info: dict[str, Any], *, log=p
     paths["table"].write_text(text)
     _write_json(out / "statistics.json", _plain(tests))
     if cfg["figures"]:
-        paths.update(figures(summary, out))
+        pairs = tests["accuracy"]["pairs"]
+        paths.update(figures(summary, out, [k for k, v in pairs.items() if v["p_bonferroni"] < 0.05]))
     if log:
         log(text)
         log("written: " + ", ".join(str(p) for p in paths.values()))
