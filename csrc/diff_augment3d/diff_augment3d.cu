@@ -62,23 +62,14 @@ __global__ void __launch_bounds__(kThreads)
   from_acc(bg, &fill);
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.y;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < p.rows; row += step) {
-    const int64_t hh = row % p.h;
-    int64_t t = row / p.h;
-    const int64_t dd = t % p.d;
-    t /= p.d;
-    const int64_t c = t % p.c;
-    const int64_t n = t / p.c;
-    const int64_t src_d = dd - shift[3 * n], src_h = hh - shift[3 * n + 1], shift_w = shift[3 * n + 2];
-    const bool row_valid = src_d >= 0 && src_d < p.d && src_h >= 0 && src_h < p.h;
-    const bool row_in_box = lo[3 * n] <= dd && dd < hi[3 * n] && lo[3 * n + 1] <= hh && hh < hi[3 * n + 1];
-    const int64_t box_lo = lo[3 * n + 2], box_hi = hi[3 * n + 2];
-    const Acc s = scale[n];
+    const AugmentRow r = augment_row(row, p.c, p.d, p.h, shift, lo, hi);
+    const Acc s = scale[r.n];
     const Acc cst = mul_rn(add_rn(Acc(1), -s), bg);
-    const T* in = x + n * p.sn + c * p.sc + (row_valid ? src_d * p.sd + src_h * p.sh : 0);
+    const T* in = x + r.n * p.sn + r.c * p.sc + (r.valid ? r.src_d * p.sd + r.src_h * p.sh : 0);
     T* out = y + row * p.w;
     for (int64_t w = threadIdx.x; w < p.w; w += blockDim.x) {
-      const int64_t src_w = w - shift_w;
-      const bool keep = row_valid && src_w >= 0 && src_w < p.w && !(row_in_box && box_lo <= w && w < box_hi);
+      const int64_t src_w = w - r.shift_w;
+      const bool keep = r.valid && src_w >= 0 && src_w < p.w && !(r.box_lo <= w && w < r.box_hi);
       T v = fill;
       if (keep) from_acc(add_rn(mul_rn(s, to_acc(in[src_w * p.sw])), cst), &v);
       out[w] = v;

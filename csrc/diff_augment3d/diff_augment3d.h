@@ -17,6 +17,48 @@
 
 #include <cstdint>
 
+#ifdef __CUDACC__
+#define BK_DA_HD __host__ __device__
+#else
+#define BK_DA_HD
+#endif
+
+namespace brainkern {
+
+// What one output row (n, c, d, h) of the op needs, shared by the CPU and CUDA kernels.
+struct AugmentRow {
+  int64_t n, c;          // sample and channel
+  int64_t src_d, src_h;  // the source row's coordinates (valid only when `valid`)
+  int64_t shift_w;       // the sample's shift along W
+  int64_t box_lo, box_hi;  // the cutout along W, [box_lo, box_hi); empty unless the row is in the box
+  bool valid;            // the source row lies inside the volume
+};
+
+// Row `row` of y in (N, C, D, H) order; shift / lo / hi are (N, 3) row-major.
+BK_DA_HD inline AugmentRow augment_row(int64_t row, int64_t c_size, int64_t d_size, int64_t h_size,
+                                       const int64_t* shift, const int64_t* lo, const int64_t* hi) {
+  AugmentRow r;
+  const int64_t h = row % h_size;
+  int64_t t = row / h_size;
+  const int64_t d = t % d_size;
+  t /= d_size;
+  r.c = t % c_size;
+  r.n = t / c_size;
+  const int64_t* sh = shift + 3 * r.n;
+  const int64_t* l = lo + 3 * r.n;
+  const int64_t* u = hi + 3 * r.n;
+  r.src_d = d - sh[0];
+  r.src_h = h - sh[1];
+  r.shift_w = sh[2];
+  r.valid = r.src_d >= 0 && r.src_d < d_size && r.src_h >= 0 && r.src_h < h_size;
+  const bool in_box = l[0] <= d && d < u[0] && l[1] <= h && h < u[1];
+  r.box_lo = in_box ? l[2] : 0;
+  r.box_hi = in_box ? u[2] : 0;
+  return r;
+}
+
+}  // namespace brainkern
+
 #if defined(WITH_CUDA) || defined(__CUDACC__)
 #include <cuda_runtime.h>
 

@@ -26,37 +26,27 @@ void run_rows(const T* x, T* y, const Geometry& g, const int64_t* shift, const i
               const Acc* scale, Acc bg, int64_t begin, int64_t end) {
   const T fill = static_cast<T>(bg);
   for (int64_t row = begin; row < end; ++row) {
-    const int64_t hh = row % g.h;
-    int64_t t = row / g.h;
-    const int64_t dd = t % g.d;
-    t /= g.d;
-    const int64_t c = t % g.c;
-    const int64_t n = t / g.c;
-    const int64_t* sh = shift + 3 * n;
-    const int64_t* l = lo + 3 * n;
-    const int64_t* u = hi + 3 * n;
+    const AugmentRow r = augment_row(row, g.c, g.d, g.h, shift, lo, hi);
     T* out = y + row * g.w;
-    const int64_t sd = dd - sh[0], shh = hh - sh[1];
-    if (sd < 0 || sd >= g.d || shh < 0 || shh >= g.h) {
+    if (!r.valid) {
       std::fill(out, out + g.w, fill);
       continue;
     }
-    const Acc s = scale[n];
+    const Acc s = scale[r.n];
     const Acc cst = (Acc(1) - s) * bg;
     const int64_t sw = g.s[4];
-    const T* in = x + n * g.s[0] + c * g.s[1] + sd * g.s[2] + shh * g.s[3];
-    const int64_t sww = sh[2];
+    const T* in = x + r.n * g.s[0] + r.c * g.s[1] + r.src_d * g.s[2] + r.src_h * g.s[3];
     // Valid source: a <= w < b. Cutout along this row: cl <= w < cu (empty unless the row is in the box).
-    const int64_t a = std::clamp<int64_t>(sh[2], 0, g.w);
-    const int64_t b = std::clamp<int64_t>(g.w + sh[2], 0, g.w);
-    const bool in_box = l[0] <= dd && dd < u[0] && l[1] <= hh && hh < u[1] && l[2] < u[2];
-    const int64_t cl = in_box ? std::clamp<int64_t>(l[2], 0, g.w) : b;
-    const int64_t cu = in_box ? std::clamp<int64_t>(u[2], 0, g.w) : b;
-    const int64_t m1 = std::max(a, std::min(b, cl));              // end of the first kept run
+    const int64_t a = std::clamp<int64_t>(r.shift_w, 0, g.w);
+    const int64_t b = std::clamp<int64_t>(g.w + r.shift_w, 0, g.w);
+    const bool cut = r.box_lo < r.box_hi;
+    const int64_t cl = cut ? std::clamp<int64_t>(r.box_lo, 0, g.w) : b;
+    const int64_t cu = cut ? std::clamp<int64_t>(r.box_hi, 0, g.w) : b;
+    const int64_t m1 = std::max(a, std::min(b, cl));                // end of the first kept run
     const int64_t m2 = std::max(m1, std::min(b, std::max(a, cu)));  // start of the second
     auto scaled = [&](int64_t from, int64_t to) {
       for (int64_t w = from; w < to; ++w) {
-        const Acc v = s * static_cast<Acc>(in[(w - sww) * sw]);
+        const Acc v = s * static_cast<Acc>(in[(w - r.shift_w) * sw]);
         out[w] = static_cast<T>(v + cst);
       }
     };
