@@ -42,6 +42,7 @@ sn = importlib.import_module("brainkern.ops.spectral_norm")
 cg = importlib.import_module("brainkern.ops.conv3d_gradfix")
 rc = importlib.import_module("brainkern.ops.resize_conv3d")
 mm = importlib.import_module("brainkern.ops.mmd")
+da = importlib.import_module("brainkern.ops.diff_augment3d")
 
 NAMESPACE = "brainkern"
 # float64 for the custom ops: opcheck's AOT comparison of gradients is then exact.
@@ -60,7 +61,14 @@ def _opcheck(op, args, test_utils=None) -> None:
 # check runs unpoisoned, the others (which run the kernels) inside the margins.
 _FAKE_CHECK = ("test_faketensor",)
 _RUN_CHECKS = ("test_schema", "test_autograd_registration", "test_aot_dispatch_dynamic")
-_TRITON_MODULES = ("pixel_shuffle3d", "gradient_penalty", "spectral_norm", "resize_conv3d", "mmd")
+_TRITON_MODULES = (
+    "pixel_shuffle3d",
+    "gradient_penalty",
+    "spectral_norm",
+    "resize_conv3d",
+    "mmd",
+    "diff_augment3d",
+)
 
 
 def _opcheck_on(backend: str, op, args) -> None:
@@ -182,6 +190,19 @@ def _gram_cases(device, backend):
     return [(*_mmd_inputs(device), "rbf")]
 
 
+def _augment_params(device):
+    shift = torch.tensor([[1, 0, -1], [0, -2, 0]], device=device)
+    lo = torch.tensor([[0, 1, 0], [1, 0, 0]], device=device)
+    hi = torch.tensor([[1, 3, 2], [0, 2, 2]], device=device)  # the second box is empty
+    return shift, lo, hi, torch.tensor([0.75, 1.0], device=device)
+
+
+def _diff_augment_cases(device, backend):
+    x = torch.randn(2, 1, 2, 3, 2, dtype=F64, device=device, requires_grad=True)
+    params = _augment_params(device)
+    return [(x, *params, -1.0, -1), (x.detach()[:, :, :, :2], *params, 0.5, _code(backend))]
+
+
 DISPATCHING = {
     "pixel_shuffle3d_dispatch": (ps._shuffle_op, _shuffle_cases),
     "pixel_unshuffle3d_dispatch": (ps._unshuffle_op, _unshuffle_cases),
@@ -195,6 +216,7 @@ DISPATCHING = {
     "mmd_linear_stats_dispatch": (mm._linear_stats_op, _linear_stats_cases),
     "mmd_linear_stats_dispatch_backward": (mm._linear_stats_backward_op, _linear_stats_backward_cases),
     "mmd_gram_dispatch": (mm._gram_op, _gram_cases),
+    "diff_augment3d_dispatch": (da._augment_op, _diff_augment_cases),
 }
 RESIZE_OPS = ("resize_conv3d_dispatch", "resize_conv3d_dispatch_backward")
 
@@ -310,6 +332,7 @@ def _extension_cases(name: str, dtype: torch.dtype) -> list[tuple]:
         ],
         "resize_conv3d_fwd": _resize_fwd_cases,
         "resize_conv3d_bwd": _resize_bwd_cases,
+        "diff_augment3d": lambda: [(torch.randn(2, 1, 2, 3, 2).to(dtype), *_augment_params("cpu"), -1.0)],
     }
     return cases[name]()
 
@@ -327,6 +350,7 @@ EXTENSION_OPS = (
     "spectral_norm_step",
     "resize_conv3d_fwd",
     "resize_conv3d_bwd",
+    "diff_augment3d",
 )
 # The dtypes where the outputs' dtypes differ (the norms accumulate in float32 for half
 # types, the Gram matrix and statistics are float64 for all); resize_conv3d picks its own.
