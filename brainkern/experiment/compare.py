@@ -441,7 +441,7 @@ def metrics_plot(summary: Sequence[Mapping[str, Any]], path: Path, extractor: st
         if m in ("precision", "recall"):
             ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"Features: {extractor}; mean and 95% CI over the sets", fontsize=9)
+    fig.suptitle(f"Features: {extractor}. Mean and 95% CI over the sets; baselines hatched", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -630,7 +630,14 @@ def run_compare(
                     score(b, "baseline", s, make_baselines(train_x, n, seed=seed + s)[b])
             bar.update(1)
     bar.close()
-    write_outputs(out, cfg, dataset, split, extractor.name, ref_f, ref_labels, n, log=log)
+    ext = cfg["extractor"]
+    what = extractor.name
+    if ext["name"] == "autoencoder-3d":
+        what += (
+            f" (trained on the {len(train_idx)} training volumes only, {ext['iters']} iterations; "
+            f"{extractor.feature_dim} features a volume)"
+        )
+    write_outputs(out, cfg, dataset, split, what, ref_f, ref_labels, n, log=log)
     return out
 
 
@@ -689,7 +696,7 @@ def write_outputs(
             feats,
             {"real": classes[ref_labels].tolist()},
             out / "pca.png",
-            title=f"PCA of the real ({cfg['reference']}) features ({extractor}):\n"
+            title=f"PCA of the real ({cfg['reference']}) features ({extractor.split(' (')[0]}):\n"
             "real volumes and each architecture's first set",
         )
     log(text)

@@ -152,7 +152,10 @@ def test_tiny_run_writes_every_output(tiny_run):
     fid = {n: np.mean([float(r["fid"]) for r in rows if r["name"] == n]) for n in names}
     assert fid["training copies"] < min(fid["wgan"], fid["alpha"])
     table = (out / "table.md").read_text()
-    assert "Features: **autoencoder-3d**" in table
+    assert (
+        "Features: **autoencoder-3d (trained on the 3 training volumes only, 2 iterations; 16 features"
+        in table
+    )
     assert "| wgan | model |" in table and "| training copies | baseline |" in table
     assert "F(1, 2) = " in table and "issue 14" in table
     assert "'training copies' scores at least as well as every model" in table
