@@ -256,7 +256,7 @@ def _whole(value: Any, name: str, minimum: int) -> int:
 def _check(cfg: dict[str, Any]) -> dict[str, Any]:
     from brainkern.models import model_kind, model_names
     from brainkern.train.config import DEFAULTS as TRAIN_DEFAULTS
-    from brainkern.train.config import merge, validate
+    from brainkern.train.config import merge, preset_names, validate
 
     _whole(cfg["cv"]["folds"], "cv.folds", 3)  # a test fold, a validation fold, training folds
     _whole(cfg["large_factor"], "large_factor", 1)
@@ -297,6 +297,11 @@ def _check(cfg: dict[str, Any]) -> dict[str, Any]:
         if set(spec) - {"preset", "set"} or not spec.get("preset"):
             raise ValueError(f"generators.{name}: give {{preset: NAME, set: {{key: value}}}}, got {spec}")
         spec.setdefault("set", {})
+        if spec["preset"] not in preset_names() and not Path(spec["preset"]).is_file():
+            raise ValueError(
+                f"generators.{name}.preset: no training preset {spec['preset']!r}; known: "
+                f"{', '.join(preset_names())}"
+            )
     for name in cfg["classifiers"]:
         if name not in model_names() or model_kind(name) != "classifier":
             raise ValueError(f"classifiers.{name}: {name!r} is not a registered classifier")

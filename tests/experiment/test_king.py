@@ -222,6 +222,8 @@ def test_presets_and_config_errors():
         king.diagnosis_config("quick", [{"augment": {"p": 2.0}}])
     with pytest.raises(FileNotFoundError, match="known: "):
         king.diagnosis_config("nope")
+    with pytest.raises(ValueError, match="generators.alpha-sn-gan-aux.preset: no training preset 'nope'"):
+        king.diagnosis_config("quick", [{"generators": {"alpha-sn-gan-aux": {"preset": "nope"}}}])
     # the preset's sets come back in the paper's order
     assert king.diagnosis_config("quick", [{"sets": ["infinite", "real"]}])["sets"] == ["real", "infinite"]
 
