@@ -1,6 +1,6 @@
 """Command line of experiment ``compare``: King et al. (2024)'s comparison of generator architectures.
 
-    python -m brainkern.experiment compare --preset quick                      # ~15 min on a laptop CPU
+    python -m brainkern.experiment compare --preset quick                      # <= 15 min on a 2-core CPU
     python -m brainkern.experiment compare --preset king2024-architectures --out runs/compare
     python -m brainkern.experiment compare --set sets=5 --set architectures.sn-gan.set={train.iters: 500}
     python -m brainkern.experiment compare --extractor-weights resnet_50.pth   # MedicalNet's features
