@@ -459,6 +459,19 @@ def _scenario_gradient_penalty(dtype) -> None:
         ops.gradient_penalty(disc, real, fake, mode=mode).backward()
 
 
+def _scenario_diff_augment3d(dtype) -> None:
+    from brainkern import ops
+
+    # King et al.'s batch of 4 at 64^3, every augmentation drawn (a shift, a box, a scale).
+    x = _inputs((4, 1, 64, 64, 64), dtype)
+    shift = torch.tensor([[3, -5, 0], [-8, 2, 7], [0, 0, 0], [1, 1, -1]])
+    lo = torch.tensor([[0, 10, 5], [20, 0, 0], [0, 0, 0], [31, 31, 31]])
+    hi = torch.tensor([[32, 40, 30], [52, 17, 9], [0, 0, 0], [63, 64, 40]])
+    scale = torch.tensor([0.8, 1.0, 0.7, 0.95])
+    y = ops.diff_augment3d(x, shift, lo, hi, scale, background=-1.0)
+    y.backward(torch.ones_like(y))
+
+
 # name -> run(dtype): one call of the op forward and backward at the shapes a model uses.
 SCENARIOS: dict[str, Callable] = {
     "resize_conv3d": _scenario_resize_conv3d,
@@ -466,6 +479,7 @@ SCENARIOS: dict[str, Callable] = {
     "mmd": _scenario_mmd,
     "spectral_norm": _scenario_spectral_norm,
     "gradient_penalty": _scenario_gradient_penalty,
+    "diff_augment3d": _scenario_diff_augment3d,
 }
 
 

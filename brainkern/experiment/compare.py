@@ -54,14 +54,14 @@ from typing import Any
 import numpy as np
 
 from brainkern.experiment.zhuang import (
-    _append_result,
-    _dump,
-    _generator_config,
-    _same_grid,
-    _train_generator,
-    _write_json,
+    append_result,
+    check_same_grid,
+    dump_config,
     experiments_dir,
+    generator_config,
     mean_ci,
+    train_generator,
+    write_json,
 )
 
 __all__ = [
@@ -335,7 +335,7 @@ def posthoc(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[dic
     return out
 
 
-def _fmt(e: Mapping[str, Any], m: str) -> str:
+def format_ci(e: Mapping[str, Any], m: str) -> str:
     lo, hi = e[f"{m}_lo"], e[f"{m}_hi"]
     if math.isnan(lo):
         return f"{e[m]:.4g}"
@@ -373,7 +373,7 @@ def table_markdown(
         "| --- | --- |" + " ---: |" * len(METRICS),
     ]
     for e in summary:
-        lines.append(f"| {e['name']} | {e['kind']} | " + " | ".join(_fmt(e, m) for m in METRICS) + " |")
+        lines.append(f"| {e['name']} | {e['kind']} | " + " | ".join(format_ci(e, m) for m in METRICS) + " |")
     lines += ["", "## One-way ANOVA across the architectures (sets as observations)", ""]
     if len(models) < 2:
         lines.append("- one architecture only: nothing to compare")
@@ -507,7 +507,7 @@ def _run_info(cfg: dict[str, Any], out: Path, dataset, source, device) -> None:
         first = json.loads(path.read_text())
         first.setdefault("resumes", []).append({k: info[k] for k in ("command", "started", "versions")})
         info = first
-    _write_json(path, info)
+    write_json(path, info)
 
 
 def run_compare(
@@ -537,7 +537,7 @@ def run_compare(
     log = log or (lambda *_: None)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stored, text = out / "config.yaml", _dump(cfg)
+    stored, text = out / "config.yaml", dump_config(cfg)
     if stored.is_file() and stored.read_text() != text:
         raise ValueError(
             f"{out} holds an experiment with another configuration (its config.yaml); "
@@ -553,7 +553,7 @@ def run_compare(
     split = _split(records, cfg)
     names = list(cfg["architectures"])
     split_path = out / "splits.json"
-    _write_json(
+    write_json(
         split_path,
         {
             "method": {k: v for k, v in split.items() if k not in ("parts", "subjects")},
@@ -602,18 +602,18 @@ def run_compare(
             **fidelity_metrics(ref_f, f, k=k, kernel=kernel, bandwidths=bw),
         }
         row["seconds"] = round(time.perf_counter() - start, 3)
-        _append_result(results, row, RESULT_FIELDS)
+        append_result(results, row, RESULT_FIELDS)
 
     bar = tqdm(total=len(names) + (3 if cfg["baselines"] else 0), desc="compare", disable=not progress)
     for i, name in enumerate(names):
         todo = [s for s in range(n_sets) if (name, s) not in done]
         if todo:
             bar.set_postfix_str(f"training {name}")
-            cfg_g = _generator_config(
+            cfg_g = generator_config(
                 {**cfg, "generators": cfg["architectures"]}, name, split_path, seed, dataset.classes
             )
-            model, ckpt = _train_generator(cfg_g, out / "generators" / name, progress)
-            _same_grid(dataset, model, ckpt, out / "generators" / name)
+            model, ckpt = train_generator(cfg_g, out / "generators" / name, progress)
+            check_same_grid(dataset, model, ckpt, out / "generators" / name)
             labels = generation_labels(model, n, ref_labels)
             for s in todo:
                 bar.set_postfix_str(f"{name}: set {s}")
@@ -656,7 +656,7 @@ def write_outputs(
     """``summary.csv``, ``table.md``, ``metrics.png`` and ``pca.png`` from ``results.csv``."""
     from brainkern.evaluate.baselines import BASELINES
     from brainkern.evaluate.fidelity import pca_scatter
-    from brainkern.experiment.zhuang import _write_summary_csv
+    from brainkern.experiment.zhuang import write_summary_csv
 
     rows = _read_rows(out / "results.csv")
     names = [*cfg["architectures"], *(BASELINES if cfg["baselines"] else ())]
@@ -680,7 +680,7 @@ def write_outputs(
         f"(seed {s['seed']}); {len(split['parts']['train'])} training volumes (splits.json)",
     }
     paths = {"summary": out / "summary.csv", "table": out / "table.md"}
-    _write_summary_csv(paths["summary"], summary)
+    write_summary_csv(paths["summary"], summary)
     text = table_markdown(summary, anova(rows, models), posthoc(rows, models), info)
     paths["table"].write_text(text)
     if cfg["figures"]:

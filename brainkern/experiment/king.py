@@ -81,24 +81,24 @@ import numpy as np
 
 from brainkern.experiment.zhuang import (
     Cell,
-    _append_result,
-    _cell_seed,
-    _classifier,
-    _dataset,
-    _dump,
-    _fmt,
-    _generator_config,
-    _merge,
-    _records,
-    _same_grid,
-    _scale_range,
-    _splits_record,
-    _subject_ids,
-    _train_generator,
-    _write_json,
+    append_result,
+    cell_seed,
+    check_same_grid,
+    dump_config,
+    experiment_dataset,
+    experiment_records,
     experiments_dir,
+    format_ci,
+    generator_config,
     make_cells,
+    make_classifier,
     mean_ci,
+    merge_config,
+    scale_range,
+    splits_record,
+    subject_id_list,
+    train_generator,
+    write_json,
 )
 
 __all__ = [
@@ -241,9 +241,9 @@ def diagnosis_config(
         for section in ("generators", "classifiers"):  # a preset's entries replace the defaults'
             if section in data:
                 cfg[section] = {}
-        cfg = _merge(cfg, data)
+        cfg = merge_config(cfg, data)
     for update in overrides:
-        cfg = _merge(cfg, update)
+        cfg = merge_config(cfg, update)
     return _check(cfg)
 
 
@@ -605,7 +605,7 @@ def table_markdown(
         "| --- |" + " ---: |" * (len(METRICS) + 1),
     ]
     for e in summary:
-        cells = " | ".join(_fmt(e[m], e[f"{m}_lo"], e[f"{m}_hi"]) for m in METRICS)
+        cells = " | ".join(format_ci(e[m], e[f"{m}_lo"], e[f"{m}_hi"]) for m in METRICS)
         lines.append(f"| {SET_TITLES[e['set']]} | {cells} | {e['n_folds']} |")
     lines += [
         "",
@@ -700,7 +700,7 @@ def write_outputs(out: Path, cfg: dict[str, Any], info: dict[str, Any], *, log=p
     paths = {"table": out / "table.md"}
     text = table_markdown(summary, tests, cfg, info)
     paths["table"].write_text(text)
-    _write_json(out / "statistics.json", _plain(tests))
+    write_json(out / "statistics.json", _plain(tests))
     if cfg["figures"]:
         pairs = tests["accuracy"]["pairs"]
         paths.update(figures(summary, out, [k for k, v in pairs.items() if v["p_bonferroni"] < 0.05]))
@@ -758,13 +758,13 @@ def _fit_set(
     kwargs = dict(kwargs)
     if "shape" in model_parameters(clf_name):
         kwargs.setdefault("shape", list(shape))
-    clf = _classifier(clf_name, kwargs, n_classes, _cell_seed(cfg["seed"], cell, 6))
+    clf = make_classifier(clf_name, kwargs, n_classes, cell_seed(cfg["seed"], cell, 6))
     x_train, y_train = parts["train"]
     validation = parts["val"]
     train = cfg["train"]
     if name == "infinite":
         weights = np.bincount(y_train, minlength=n_classes) / len(y_train)
-        draw = infinite_stream(generator, weights, clf.batch_size, _cell_seed(cfg["seed"], cell, 4))
+        draw = infinite_stream(generator, weights, clf.batch_size, cell_seed(cfg["seed"], cell, 4))
         clf.fit_stream(
             draw,
             int(train["infinite_iterations"]),
@@ -777,7 +777,7 @@ def _fit_set(
         (x_train, y_train, len(y_train), 0)
         if name in ("real", "augmented")
         else build_set(
-            name, x_train, y_train, pool, int(cfg["large_factor"]), _cell_seed(cfg["seed"], cell, 5)
+            name, x_train, y_train, pool, int(cfg["large_factor"]), cell_seed(cfg["seed"], cell, 5)
         )
     )
     if train["steps"] is not None and hasattr(clf, "epochs"):
@@ -787,7 +787,7 @@ def _fit_set(
     if name == "augmented":
         from brainkern.augment import DiffAugment3d
 
-        augment = DiffAugment3d(**cfg["augment"], background=_scale_range(cfg["data"]["scale"])[0])
+        augment = DiffAugment3d(**cfg["augment"], background=scale_range(cfg["data"]["scale"])[0])
 
         def transform(xb, gen):
             return augment(xb, generator=gen)
@@ -821,7 +821,7 @@ def run_diagnosis(
     log = log or (lambda *_: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stored, text = out / "config.yaml", _dump(cfg)
+    stored, text = out / "config.yaml", dump_config(cfg)
     if stored.is_file() and stored.read_text() != text:
         raise ValueError(
             f"{out} holds an experiment with another configuration (its config.yaml); "
@@ -829,8 +829,8 @@ def run_diagnosis(
         )
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
-    records, source = _records(cfg, progress)
-    dataset = _dataset(cfg, records, progress)
+    records, source = experiment_records(cfg, progress)
+    dataset = experiment_dataset(cfg, records, progress)
     classes = list(dataset.classes)
     if len(classes) != 2 or cfg["positive"] not in classes:
         raise ValueError(
@@ -839,7 +839,7 @@ def run_diagnosis(
         )
     stored.write_text(text)  # once the data are readable: a failed start leaves no config behind
     positive = classes.index(cfg["positive"])
-    subjects, labels = _subject_ids(records), np.asarray(dataset.labels)
+    subjects, labels = subject_id_list(records), np.asarray(dataset.labels)
     files = [str(p) for p in dataset.paths]
     folds = int(cfg["cv"]["folds"])
     # One fold tests; of the rest a stratified quarter (one fold's worth at 5 folds) validates.
@@ -847,7 +847,7 @@ def run_diagnosis(
         labels, subjects, folds=folds, repeats=1, seed=int(cfg["cv"]["seed"]), val_fraction=1.0 / (folds - 1)
     )
     (gen_name,) = cfg["generators"]
-    splits = _splits_record(cells, subjects, files, [gen_name])
+    splits = splits_record(cells, subjects, files, [gen_name])
     splits.update(
         classes=classes,
         positive=cfg["positive"],
@@ -858,7 +858,7 @@ def run_diagnosis(
             "validation": f"a stratified 1/{folds - 1} of the rest",
         },
     )
-    _write_json(out / "splits.json", splits)
+    write_json(out / "splits.json", splits)
     device = resolve_device(cfg["device"])
     info = _run_info(cfg, dataset, source, labels, device)
     run_json = out / "run.json"
@@ -866,7 +866,7 @@ def run_diagnosis(
         first = json.loads(run_json.read_text())
         first.setdefault("resumes", []).append({k: info[k] for k in ("command", "started")})
         info = {**first, **{k: info[k] for k in ("n_volumes", "classes", "per_class", "shape")}}
-    _write_json(run_json, info)
+    write_json(run_json, info)
 
     results = out / "results.csv"
     done = {(r["set"], r["fold"]) for r in _read_rows(results)}
@@ -899,7 +899,7 @@ def run_diagnosis(
                     "best_epoch": 0,
                     "seconds": 0.0,
                 }
-                _append_result(results, row, RESULT_FIELDS)
+                append_result(results, row, RESULT_FIELDS)
             todo = [s for s in sets if (s, cell.fold) not in done]
             if not todo:
                 continue
@@ -913,18 +913,16 @@ def run_diagnosis(
             generator, pool = None, None
             if any(s not in ("real", "augmented") for s in todo):
                 split_file = out / "splits" / f"f{cell.fold}.json"
-                _write_json(
+                write_json(
                     split_file,
                     {p: sorted({subjects[i] for i in getattr(cell, p)}) for p in ("train", "val", "test")},
                 )
                 run_dir = out / "generators" / f"f{cell.fold}" / gen_name
-                cfg_g = _generator_config(
-                    cfg, gen_name, split_file, _cell_seed(cfg["seed"], cell, 2), classes
-                )
+                cfg_g = generator_config(cfg, gen_name, split_file, cell_seed(cfg["seed"], cell, 2), classes)
                 bar.set_postfix_str(f"fold {cell.fold}: training {gen_name}")
-                _train_generator(cfg_g, run_dir, progress)
+                train_generator(cfg_g, run_dir, progress)
                 generator, _, ckpt = load_run(run_dir, "last", cfg["device"])
-                _same_grid(dataset, generator, ckpt, run_dir)
+                check_same_grid(dataset, generator, ckpt, run_dir)
                 if generator.num_classes != len(classes):
                     raise RuntimeError(
                         f"{run_dir}: {generator.num_classes} classes, the data have {len(classes)}"
@@ -934,7 +932,7 @@ def run_diagnosis(
                     pool = _pool(
                         generator,
                         (large + 1) * counts,
-                        _cell_seed(cfg["seed"], cell, 3),
+                        cell_seed(cfg["seed"], cell, 3),
                         int(cfg["sample_batch"]),
                     )
             for name in todo:
@@ -956,8 +954,8 @@ def run_diagnosis(
                     "seconds": round(time.perf_counter() - start, 3),
                 }
                 history = getattr(clf, "history", [])
-                _write_json(out / "histories" / f"{name}-f{cell.fold}.json", _plain(history))
-                _append_result(results, row, RESULT_FIELDS)
+                write_json(out / "histories" / f"{name}-f{cell.fold}.json", _plain(history))
+                append_result(results, row, RESULT_FIELDS)
                 bar.update(1)
             del pool
     write_outputs(out, cfg, info, log=log)

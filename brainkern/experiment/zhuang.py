@@ -63,10 +63,26 @@ __all__ = [
     "DEFAULTS",
     "METRICS",
     "Cell",
+    "append_result",
     "augmentation_config",
+    "cell_seed",
+    "check_same_grid",
+    "dump_config",
+    "experiment_dataset",
+    "experiment_records",
+    "format_ci",
+    "generator_config",
     "make_cells",
+    "make_classifier",
+    "merge_config",
     "run_augmentation",
+    "scale_range",
+    "splits_record",
+    "subject_id_list",
     "summarise",
+    "train_generator",
+    "write_json",
+    "write_summary_csv",
 ]
 
 METRICS = ("accuracy", "f1", "precision", "recall")
@@ -152,7 +168,9 @@ def augmentation_presets() -> list[str]:
     return sorted(p.stem[len("augmentation-") :] for p in experiments_dir().glob("augmentation-*.yaml"))
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
+def merge_config(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``base`` updated by ``update`` recursively (a copy); unknown keys outside the open sections
+    (data, generators, classifiers) are errors naming their path."""
     out = copy.deepcopy(base)
     for key, value in update.items():
         path = f"{where}.{key}" if where else key
@@ -164,7 +182,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dic
         if key not in out and not open_section:
             raise KeyError(f"unknown experiment key {path!r}; known keys here: {', '.join(sorted(out))}")
         if isinstance(out.get(key), dict) and isinstance(value, dict):
-            out[key] = _merge(out[key], value, path)
+            out[key] = merge_config(out[key], value, path)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -202,9 +220,9 @@ def augmentation_config(
         for section in ("generators", "classifiers"):
             if section in data:
                 cfg[section] = {}
-        cfg = _merge(cfg, data)
+        cfg = merge_config(cfg, data)
     for update in overrides:
-        cfg = _merge(cfg, update)
+        cfg = merge_config(cfg, update)
     return _check(cfg)
 
 
@@ -299,7 +317,7 @@ def make_cells(
 # ----------------------------------------------------------------------------- data
 
 
-def _records(cfg: dict[str, Any], progress: bool):
+def experiment_records(cfg: dict[str, Any], progress: bool):
     """The volumes the experiment reads: an embedded cohort, a labels table, a folder of class
     folders, or a Neurovault download (``label_field`` names the label)."""
     from brainkern.data.sources import scan_neurovault
@@ -319,7 +337,8 @@ def _records(cfg: dict[str, Any], progress: bool):
     return read_records(source), source
 
 
-def _dataset(cfg: dict[str, Any], records, progress: bool):
+def experiment_dataset(cfg: dict[str, Any], records, progress: bool):
+    """The experiment's preprocessed :class:`~brainkern.data.VolumeDataset` of ``records`` (cached)."""
     from brainkern.data import VolumeDataset
     from brainkern.train.config import cache_root
 
@@ -339,11 +358,13 @@ def _dataset(cfg: dict[str, Any], records, progress: bool):
     )
 
 
-def _scale_range(scale: str) -> tuple[float, float]:
+def scale_range(scale: str) -> tuple[float, float]:
+    """The value range of ``data.scale``: ``(0, 1)`` or ``(-1, 1)``."""
     return (0.0, 1.0) if scale == "[0,1]" else (-1.0, 1.0)
 
 
-def _subject_ids(records) -> list[str]:
+def subject_id_list(records) -> list[str]:
+    """The subject id of each record, in order (see :func:`brainkern.train.data.subject_ids`)."""
     from brainkern.train.data import subject_ids
 
     return subject_ids(records)
@@ -352,9 +373,11 @@ def _subject_ids(records) -> list[str]:
 # ----------------------------------------------------------------------------- generators
 
 
-def _generator_config(
+def generator_config(
     cfg: dict[str, Any], name: str, split_file: Path, seed: int, classes: Sequence[str]
 ) -> dict[str, Any]:
+    """The training configuration of generator ``name`` for one cell: its preset and overrides,
+    the experiment's data settings, ``split_file`` (the cell's training subjects) and ``seed``."""
     from brainkern.train.config import parse_override, resolve
     from brainkern.train.engine import with_num_classes
 
@@ -373,7 +396,7 @@ def _generator_config(
     return with_num_classes(resolve(spec["preset"], [*overrides, fixed]), classes)
 
 
-def _train_generator(cfg_g: dict[str, Any], run_dir: Path, progress: bool):
+def train_generator(cfg_g: dict[str, Any], run_dir: Path, progress: bool):
     """Train (or resume, or reuse) one generator; returns the model in eval mode."""
     from brainkern.train.engine import Trainer, load_run
     from brainkern.train.state import load_checkpoint
@@ -452,7 +475,9 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def _classifier(name: str, kwargs: dict[str, Any], n_classes: int, seed: int):
+def make_classifier(name: str, kwargs: dict[str, Any], n_classes: int, seed: int):
+    """The registered classifier ``name`` with ``kwargs``, ``num_classes`` and ``seed`` filled in
+    where it takes them and ``kwargs`` leaves them out."""
     from brainkern.models import build_model, model_parameters
 
     params = model_parameters(name)
@@ -483,7 +508,9 @@ def _read_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _append_result(path: Path, row: dict[str, Any], fields: Sequence[str] = RESULT_FIELDS) -> None:
+def append_result(path: Path, row: dict[str, Any], fields: Sequence[str] = RESULT_FIELDS) -> None:
+    """Append ``row`` (its ``fields``) to the CSV ``path``, with a header when new; flushed and synced
+    at once, so an interrupted experiment loses no finished row."""
     new = not path.is_file()
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(fields))
@@ -580,7 +607,8 @@ def condition_names(cfg: dict[str, Any]) -> list[str]:
     return [*CONDITIONS_BASE, *(f"real+{g}" for g in cfg["generators"])]
 
 
-def _same_grid(dataset, model, ckpt, where: Path) -> None:
+def check_same_grid(dataset, model, ckpt, where: Path) -> None:
+    """Raise ``RuntimeError`` when a trained generator's grid or affine is not the data set's."""
     affine = np.asarray(ckpt["affine"], dtype=np.float64)
     if tuple(model.shape) != tuple(dataset.shape) or not np.allclose(affine, dataset.affine, atol=1e-4):
         raise RuntimeError(
@@ -589,16 +617,18 @@ def _same_grid(dataset, model, ckpt, where: Path) -> None:
         )
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON at ``path``, written atomically."""
     from brainkern.data.io import atomic_path
 
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(value, indent=1) + "\n")
 
 
-def _splits_record(
+def splits_record(
     cells: list[Cell], subjects: list[str], files: list[str], generators: Sequence[str]
 ) -> dict:
+    """What ``splits.json`` holds: the subjects of every part of every cell and each generator's."""
     record: dict[str, Any] = {"cells": []}
     for cell in cells:
         parts = {p: getattr(cell, p) for p in ("train", "val", "test")}
@@ -616,7 +646,8 @@ def _splits_record(
     return record
 
 
-def _cell_seed(base: int, cell: Cell, offset: int = 0) -> int:
+def cell_seed(base: int, cell: Cell, offset: int = 0) -> int:
+    """A seed per cell (repeat, fold) and purpose (``offset``), derived from the experiment's."""
     return int(base) + 1000 * cell.repeat + 10 * cell.fold + offset
 
 
@@ -643,7 +674,7 @@ def run_augmentation(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stored = out / "config.yaml"
-    text = _dump(cfg)
+    text = dump_config(cfg)
     if stored.is_file() and stored.read_text() != text:
         raise ValueError(
             f"{out} holds an experiment with another configuration (its config.yaml); "
@@ -652,10 +683,10 @@ def run_augmentation(
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
 
-    records, source = _records(cfg, progress)
-    dataset = _dataset(cfg, records, progress)
+    records, source = experiment_records(cfg, progress)
+    dataset = experiment_dataset(cfg, records, progress)
     stored.write_text(text)  # once the data are readable: a failed start leaves no config behind
-    subjects = _subject_ids(records)
+    subjects = subject_id_list(records)
     files = [str(p) for p in dataset.paths]
     labels = np.asarray(dataset.labels)
     n_classes = len(dataset.classes)
@@ -669,9 +700,9 @@ def run_augmentation(
         val_fraction=float(cv["val_fraction"]),
     )
     generators = list(cfg["generators"])
-    splits = _splits_record(cells, subjects, files, generators)
+    splits = splits_record(cells, subjects, files, generators)
     splits.update(classes=dataset.classes, source=str(source), method={"cv": cv, "grouped_by": "subject"})
-    _write_json(out / "splits.json", splits)
+    write_json(out / "splits.json", splits)
     device = resolve_device(cfg["device"])
     info = {
         "seed": cfg["seed"],
@@ -693,13 +724,13 @@ def run_augmentation(
         first = json.loads(run_json.read_text())
         first.setdefault("resumes", []).append({k: info[k] for k in ("command", "started", "versions")})
         info = first
-    _write_json(run_json, info)
+    write_json(run_json, info)
 
     results_path = out / "results.csv"
     done = {(r["condition"], r["classifier"], r["repeat"], r["fold"]) for r in _read_results(results_path)}
     conditions = condition_names(cfg)
     classifiers = list(cfg["classifiers"])
-    k, lo_hi = int(cfg["augment"]["k"]), _scale_range(cfg["data"]["scale"])
+    k, lo_hi = int(cfg["augment"]["k"]), scale_range(cfg["data"]["scale"])
     volumes = dataset.volumes
     log(
         f"augmentation experiment: {len(dataset)} maps, {n_classes} classes {dataset.classes}, grid "
@@ -715,7 +746,7 @@ def run_augmentation(
             if not todo:
                 continue
             split_file = out / "splits" / f"{cell.tag}.json"
-            _write_json(
+            write_json(
                 split_file,
                 {p: sorted({subjects[i] for i in getattr(cell, p)}) for p in ("train", "val", "test")},
             )
@@ -736,28 +767,28 @@ def run_augmentation(
                         k,
                         float(cfg["augment"]["noise_var"]),
                         lo_hi,
-                        _cell_seed(cfg["seed"], cell, 1),
+                        cell_seed(cfg["seed"], cell, 1),
                     )
                 else:
                     name = cond[len("real+") :]
                     run_dir = out / "generators" / cell.tag / name
-                    cfg_g = _generator_config(
-                        cfg, name, split_file, _cell_seed(cfg["seed"], cell, 2), dataset.classes
+                    cfg_g = generator_config(
+                        cfg, name, split_file, cell_seed(cfg["seed"], cell, 2), dataset.classes
                     )
                     bar.set_postfix_str(f"{cell.tag}: training {name}")
-                    model, ckpt = _train_generator(cfg_g, run_dir, progress)
-                    _same_grid(dataset, model, ckpt, run_dir)
+                    model, ckpt = train_generator(cfg_g, run_dir, progress)
+                    check_same_grid(dataset, model, ckpt, run_dir)
                     if model.num_classes != n_classes:
                         raise RuntimeError(
                             f"{run_dir}: {model.num_classes} classes, the data have {n_classes}"
                         )
-                    extras[cond] = synthetic_maps(model, n_classes, k, _cell_seed(cfg["seed"], cell, 3))
+                    extras[cond] = synthetic_maps(model, n_classes, k, cell_seed(cfg["seed"], cell, 3))
             for cond, clf_name in todo:
                 bar.set_postfix_str(f"{cell.tag}: {clf_name} on {cond}")
                 xe, ye = extras[cond]
                 start = time.perf_counter()
-                clf = _classifier(
-                    clf_name, dict(cfg["classifiers"][clf_name]), n_classes, _cell_seed(cfg["seed"], cell, 4)
+                clf = make_classifier(
+                    clf_name, dict(cfg["classifiers"][clf_name]), n_classes, cell_seed(cfg["seed"], cell, 4)
                 )
                 clf.fit(
                     np.concatenate([x_train, xe]),
@@ -776,7 +807,7 @@ def run_augmentation(
                     "n_test": len(cell.test),
                     "seconds": round(time.perf_counter() - start, 3),
                 }
-                _append_result(results_path, row)
+                append_result(results_path, row)
                 if cond == "real":
                     for gen_cond in conditions[len(CONDITIONS_BASE) :]:
                         xs, ys = extras[gen_cond]
@@ -788,13 +819,14 @@ def run_augmentation(
                             **score(ys, clf.predict(xs)),
                             "n_samples": len(ys),
                         }
-                        _append_result(out / "fidelity.csv", fidelity, FIDELITY_FIELDS)
+                        append_result(out / "fidelity.csv", fidelity, FIDELITY_FIELDS)
                 bar.update(1)
     write_outputs(out, cfg, dataset, cells, progress=progress, log=log)
     return out
 
 
-def _dump(cfg: dict[str, Any]) -> str:
+def dump_config(cfg: dict[str, Any]) -> str:
+    """``cfg`` as YAML in its key order (what ``config.yaml`` holds)."""
     import yaml
 
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
@@ -803,7 +835,8 @@ def _dump(cfg: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- outputs
 
 
-def _fmt(mean: float, lo: float, hi: float) -> str:
+def format_ci(mean: float, lo: float, hi: float) -> str:
+    """``mean [lo, hi]`` with three decimals (the mean alone when the interval is undefined)."""
     if math.isnan(lo):
         return f"{mean:.3f}"
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -929,7 +962,7 @@ def table_markdown(
         "cells; the cells of one cross-validation share training subjects, so the interval is narrower "
         "than an independent replication would give).",
         "",
-        *_table(summary, lambda e, m: _fmt(e[m], e[f"{m}_lo"], e[f"{m}_hi"])),
+        *_table(summary, lambda e, m: format_ci(e[m], e[f"{m}_lo"], e[f"{m}_hi"])),
         "",
         "## Fold variances (Table 3 layout)",
         "",
@@ -959,14 +992,15 @@ def table_markdown(
             "classifier "
             "of real maps cannot tell apart by class can only add label noise.",
             "",
-            *_table(fidelity, lambda e, m: _fmt(e[m], e[f"{m}_lo"], e[f"{m}_hi"])),
+            *_table(fidelity, lambda e, m: format_ci(e[m], e[f"{m}_lo"], e[f"{m}_hi"])),
         ]
     lines += ["", "## The paper's direction", "", f"Zhuang et al.: {PAPER_DIRECTION}. Here (accuracy):", ""]
     lines += direction_lines(summary, list(cfg["generators"])) or ["- (not enough conditions to compare)"]
     return "\n".join(lines) + "\n"
 
 
-def _write_summary_csv(path: Path, summary: list[dict[str, Any]]) -> None:
+def write_summary_csv(path: Path, summary: list[dict[str, Any]]) -> None:
+    """The summary rows as CSV, columns in first-seen order."""
     keys: list[str] = []
     for e in summary:
         keys += [k for k in e if k not in keys]
@@ -1098,7 +1132,7 @@ def write_outputs(
     summary = summarise(rows, condition_names(cfg), list(cfg["classifiers"]))
     fidelity = summarise_fidelity(_read_results(out / "fidelity.csv"))
     paths = {"summary": out / "summary.csv", "table": out / "table.md", "bars": out / "bars.png"}
-    _write_summary_csv(paths["summary"], summary)
+    write_summary_csv(paths["summary"], summary)
     text = table_markdown(summary, cfg, dataset, cells, fidelity)
     paths["table"].write_text(text)
     bar_plot(summary, paths["bars"])

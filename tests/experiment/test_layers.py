@@ -1,7 +1,7 @@
 """The import rule: a package imports only from the packages above it.
 
 Order, top to bottom: ``data``, ``ops`` (with its Triton ``kernels``), ``nn``,
-``models``, ``train``, ``evaluate``, ``experiment``. Modules at the top of the
+``models``, ``augment``, ``train``, ``evaluate``, ``experiment``. Modules at the top of the
 package (``_ext``, ``_cli``, ``_lazy``) serve every layer. The command lines
 (``__main__`` modules and ``brainkern.sample``) are entry points that wire layers
 together and may import from any of them: that is how ``python -m
@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "brainkern"
-LAYERS = {"data": 0, "ops": 1, "kernels": 1, "nn": 2, "models": 3, "train": 4, "evaluate": 5, "experiment": 6}
+LAYERS = {
+    "data": 0,
+    "ops": 1,
+    "kernels": 1,
+    "nn": 2,
+    "models": 3,
+    "augment": 4,
+    "train": 5,
+    "evaluate": 6,
+    "experiment": 7,
+}
 
 
 def _imported(path: Path) -> set[str]:

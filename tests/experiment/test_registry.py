@@ -126,7 +126,8 @@ def test_register_rejects_what_it_cannot_run(name, command, summary, message):
 
 
 def test_unknown_names_list_the_registered_ones():
-    with pytest.raises(ValueError, match="registered experiments: augmentation, compare, diagnosis, kwon2019-table1"):
+    listed = "registered experiments: augmentation, compare, diagnosis, kwon2019-table1"
+    with pytest.raises(ValueError, match=listed):
         registry.get_experiment("kwon2019-table2")
     with pytest.raises(ValueError, match="no experiment named"):
         registry.unregister_experiment("kwon2019-table2")

@@ -290,8 +290,10 @@ def test_resume_recomputes_only_missing_cells(tiny_run, monkeypatch):
     ckpts = sorted((out / "generators").rglob("last.pt"))
     stamps = [p.stat().st_mtime_ns for p in ckpts]
     fits = []
-    real_classifier = zhuang._classifier
-    monkeypatch.setattr(zhuang, "_classifier", lambda *a, **k: fits.append(a[0]) or real_classifier(*a, **k))
+    real_classifier = zhuang.make_classifier
+    monkeypatch.setattr(
+        zhuang, "make_classifier", lambda *a, **k: fits.append(a[0]) or real_classifier(*a, **k)
+    )
     zhuang.run_augmentation(cfg, out, progress=False, log=None)
     assert len(fits) == 4
     with open(out / "results.csv") as fh:
@@ -386,8 +388,8 @@ def test_a_neurovault_folder_needs_its_label_field(tmp_path):
         (folder / f"image_{100 + i}_metadata.json").write_text(json.dumps({"task": row.label, "id": 100 + i}))
     cfg = zhuang.augmentation_config("quick", [{"data": {"cohort": None, "table": str(folder.parent)}}])
     with pytest.raises(ValueError, match="--label-field"):
-        zhuang._records(cfg, progress=False)
-    records, source = zhuang._records(dict(cfg, label_field="task"), progress=False)
+        zhuang.experiment_records(cfg, progress=False)
+    records, source = zhuang.experiment_records(dict(cfg, label_field="task"), progress=False)
     assert source == folder.parent
     assert sorted(r.label for r in records) == ["motor", "motor", "visual", "visual"]
 
