@@ -57,9 +57,10 @@ from brainkern.experiment.zhuang import (
     append_result,
     check_same_grid,
     dump_config,
-    experiments_dir,
+    experiment_presets,
     generator_config,
     mean_ci,
+    read_experiment_preset,
     train_generator,
     write_json,
 )
@@ -127,7 +128,7 @@ DEFAULTS: dict[str, Any] = {
 
 def compare_presets() -> list[str]:
     """Names of the experiment's presets (``compare-<name>.yaml``)."""
-    return sorted(p.stem[len("compare-") :] for p in experiments_dir().glob("compare-*.yaml"))
+    return experiment_presets("compare")
 
 
 def _architectures(value: Any, where: str) -> dict[str, dict[str, Any]]:
@@ -175,19 +176,9 @@ def compare_config(
         KeyError: an unknown key.
         ValueError: a value out of range (one line naming the key).
     """
-    from brainkern.train.config import _read_yaml
-
     cfg = copy.deepcopy(DEFAULTS)
     if preset is not None:
-        path = Path(preset)
-        if path.suffix not in (".yaml", ".yml") or not path.is_file():
-            path = experiments_dir() / f"compare-{preset}.yaml"
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"no compare preset {str(preset)!r}; known: {', '.join(compare_presets())}"
-                )
-        data = _read_yaml(path)
-        data.setdefault("preset", str(preset) if Path(str(preset)).suffix else path.stem[len("compare-") :])
+        data = read_experiment_preset("compare", preset)
         cfg = _layer(cfg, data, replace_architectures=True)
     for update in overrides:
         cfg = _layer(cfg, update, replace_architectures=False)

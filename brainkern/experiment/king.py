@@ -86,14 +86,15 @@ from brainkern.experiment.zhuang import (
     check_same_grid,
     dump_config,
     experiment_dataset,
+    experiment_presets,
     experiment_records,
-    experiments_dir,
     format_ci,
     generator_config,
     make_cells,
     make_classifier,
     mean_ci,
     merge_config,
+    read_experiment_preset,
     scale_range,
     splits_record,
     subject_id_list,
@@ -207,7 +208,7 @@ PAPER_DIRECTION = (
 
 def diagnosis_presets() -> list[str]:
     """Names of the diagnosis experiment's presets (``diagnosis-<name>.yaml``)."""
-    return sorted(p.stem[len("diagnosis-") :] for p in experiments_dir().glob("diagnosis-*.yaml"))
+    return experiment_presets("diagnosis")
 
 
 def diagnosis_config(
@@ -225,19 +226,9 @@ def diagnosis_config(
         KeyError: an unknown key.
         ValueError: a value out of range (one line naming the key).
     """
-    from brainkern.train.config import _read_yaml
-
     cfg = copy.deepcopy(DEFAULTS)
     if preset is not None:
-        path = Path(preset)
-        if path.suffix not in (".yaml", ".yml") or not path.is_file():
-            path = experiments_dir() / f"diagnosis-{preset}.yaml"
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"no diagnosis preset {str(preset)!r}; known: {', '.join(diagnosis_presets())}"
-                )
-        data = _read_yaml(path)
-        data.setdefault("preset", str(preset) if Path(str(preset)).suffix else path.stem[len("diagnosis-") :])
+        data = read_experiment_preset("diagnosis", preset)
         for section in ("generators", "classifiers"):  # a preset's entries replace the defaults'
             if section in data:
                 cfg[section] = {}

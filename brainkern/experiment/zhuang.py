@@ -69,12 +69,14 @@ __all__ = [
     "check_same_grid",
     "dump_config",
     "experiment_dataset",
+    "experiment_presets",
     "experiment_records",
     "format_ci",
     "generator_config",
     "make_cells",
     "make_classifier",
     "merge_config",
+    "read_experiment_preset",
     "run_augmentation",
     "scale_range",
     "splits_record",
@@ -163,9 +165,36 @@ def experiments_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "configs" / "experiments"
 
 
+def experiment_presets(kind: str) -> list[str]:
+    """Names of experiment ``kind``'s presets (``<kind>-<name>.yaml`` in :func:`experiments_dir`)."""
+    prefix = f"{kind}-"
+    return sorted(p.stem[len(prefix) :] for p in experiments_dir().glob(f"{prefix}*.yaml"))
+
+
+def read_experiment_preset(kind: str, preset: str | os.PathLike) -> dict[str, Any]:
+    """The contents of experiment ``kind``'s preset ``preset`` (a name or a YAML file), with its
+    ``preset`` key set to the name (or the file's path) unless the file sets it.
+
+    Raises:
+        FileNotFoundError: no such preset (the message lists the known ones).
+    """
+    from brainkern.train.config import _read_yaml
+
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        path = experiments_dir() / f"{kind}-{preset}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no {kind} preset {str(preset)!r}; known: {', '.join(experiment_presets(kind))}"
+            )
+    data = _read_yaml(path)
+    data.setdefault("preset", str(preset) if Path(str(preset)).suffix else path.stem[len(kind) + 1 :])
+    return data
+
+
 def augmentation_presets() -> list[str]:
     """Names of the augmentation experiment's presets (``augmentation-<name>.yaml``)."""
-    return sorted(p.stem[len("augmentation-") :] for p in experiments_dir().glob("augmentation-*.yaml"))
+    return experiment_presets("augmentation")
 
 
 def merge_config(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -203,19 +232,9 @@ def augmentation_config(
         KeyError: an unknown key.
         ValueError: a value out of range (one line naming the key).
     """
-    from brainkern.train.config import _read_yaml
-
     cfg = copy.deepcopy(DEFAULTS)
     if preset is not None:
-        path = Path(preset)
-        if path.suffix not in (".yaml", ".yml") or not path.is_file():
-            path = experiments_dir() / f"augmentation-{preset}.yaml"
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"no augmentation preset {str(preset)!r}; known: {', '.join(augmentation_presets())}"
-                )
-        data = _read_yaml(path)
-        data.setdefault("preset", str(preset) if Path(str(preset)).suffix else path.stem[13:])
+        data = read_experiment_preset("augmentation", preset)
         # A preset's generator and classifier lists replace the defaults' (not merged into them).
         for section in ("generators", "classifiers"):
             if section in data:
