@@ -65,31 +65,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the experiment; returns the exit status (0, or 2 with a one-line error)."""
-    args = build_parser(prog).parse_args(argv)
-
     from pathlib import Path
 
-    from brainkern.train.config import parse_override
+    from brainkern.experiment.zhuang_cli import run_experiment
 
-    try:
-        overrides = [parse_override(text) for text in args.overrides]
-        if args.data:
-            overrides.append({"data": {"cohort": None, "table": str(Path(args.data).expanduser().resolve())}})
-        if args.extractor_weights:
-            weights = str(Path(args.extractor_weights).expanduser().resolve())
-            overrides.append({"extractor": {"name": "medicalnet-resnet50", "weights": weights}})
-        if args.device:
-            overrides.append({"device": args.device})
-        from brainkern.experiment.compare import compare_config, run_compare
-
-        cfg = compare_config(args.preset, overrides)
-        out = Path(args.out) if args.out else Path("runs") / f"compare-{cfg['preset']}"
-        run_compare(cfg, out, progress=not args.quiet)
-    except (FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    args = build_parser(prog).parse_args(argv)
+    extra = []
+    if args.extractor_weights:
+        weights = str(Path(args.extractor_weights).expanduser().resolve())
+        extra.append({"extractor": {"name": "medicalnet-resnet50", "weights": weights}})
+    return run_experiment(args, "compare", "brainkern.experiment.compare", extra)
 
 
 if __name__ == "__main__":

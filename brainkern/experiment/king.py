@@ -84,6 +84,7 @@ from brainkern.experiment.zhuang import (
     append_result,
     cell_seed,
     check_same_grid,
+    cv_data_section,
     dump_config,
     experiment_dataset,
     experiment_presets,
@@ -246,8 +247,7 @@ def _whole(value: Any, name: str, minimum: int) -> int:
 
 def _check(cfg: dict[str, Any]) -> dict[str, Any]:
     from brainkern.models import model_kind, model_names
-    from brainkern.train.config import DEFAULTS as TRAIN_DEFAULTS
-    from brainkern.train.config import merge, preset_names, validate
+    from brainkern.train.config import preset_names
 
     _whole(cfg["cv"]["folds"], "cv.folds", 3)  # a test fold, a validation fold, training folds
     _whole(cfg["large_factor"], "large_factor", 1)
@@ -267,18 +267,7 @@ def _check(cfg: dict[str, Any]) -> dict[str, Any]:
     from brainkern.augment import DiffAugment3d
 
     DiffAugment3d(**cfg["augment"])  # its own checks, one line each
-    data = validate(merge(TRAIN_DEFAULTS, {"data": cfg["data"]}))["data"]
-    if data["trim"]:
-        raise ValueError(
-            "data.trim must be false in the diagnosis experiment: the trimming box is fitted on "
-            "training volumes, so each fold would have its own grid"
-        )
-    if data["scale"] is None:
-        raise ValueError("data.scale must be '[0,1]' or '[-1,1]'")
-    for key in ("folds", "split_file", "classes"):
-        if data.get(key):
-            raise ValueError(f"data.{key} is set by the experiment's cross-validation; leave it unset")
-    cfg["data"] = data
+    cfg["data"] = cv_data_section(cfg["data"], "diagnosis")
     if len(cfg["generators"]) != 1 or len(cfg["classifiers"]) != 1:
         raise ValueError(
             "name exactly one generator and one classifier, got generators "

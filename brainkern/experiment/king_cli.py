@@ -61,32 +61,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """Run the experiment; returns the exit status (0, or 2 with a one-line error)."""
+    from brainkern.experiment.zhuang_cli import run_experiment
+
     args = build_parser(prog).parse_args(argv)
-
-    from pathlib import Path
-
-    from brainkern.train.config import parse_override
-
-    try:
-        overrides = [parse_override(text) for text in args.overrides]
-        extra = {
-            "data": {"cohort": None, "table": str(Path(args.data).expanduser().resolve())}
-            if args.data
-            else None,
-            "positive": args.positive,
-            "device": args.device,
-        }
-        overrides += [{key: value} for key, value in extra.items() if value is not None]
-        from brainkern.experiment.king import diagnosis_config, run_diagnosis
-
-        cfg = diagnosis_config(args.preset, overrides)
-        out = Path(args.out) if args.out else Path("runs") / f"diagnosis-{cfg['preset']}"
-        run_diagnosis(cfg, out, progress=not args.quiet)
-    except (FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    extra = [{"positive": args.positive}] if args.positive is not None else []
+    return run_experiment(args, "diagnosis", "brainkern.experiment.king", extra)
 
 
 if __name__ == "__main__":

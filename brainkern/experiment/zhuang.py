@@ -66,6 +66,7 @@ __all__ = [
     "append_result",
     "augmentation_config",
     "cell_seed",
+    "cv_data_section",
     "check_same_grid",
     "dump_config",
     "experiment_dataset",
@@ -245,10 +246,34 @@ def augmentation_config(
     return _check(cfg)
 
 
-def _check(cfg: dict[str, Any]) -> dict[str, Any]:
-    from brainkern.models import model_kind
+def cv_data_section(data: dict[str, Any], experiment: str) -> dict[str, Any]:
+    """An experiment's ``data`` section laid over the training defaults and checked for
+    cross-validation: every key of the training data section, resolved.
+
+    Raises:
+        ValueError: ``data.trim`` (its box would be fitted per fold, giving each fold its own
+            grid), no ``data.scale``, or ``folds`` / ``split_file`` / ``classes`` set (the
+            experiment's cross-validation sets them).
+    """
     from brainkern.train.config import DEFAULTS as TRAIN_DEFAULTS
     from brainkern.train.config import merge, validate
+
+    data = validate(merge(TRAIN_DEFAULTS, {"data": data}))["data"]
+    if data["trim"]:
+        raise ValueError(
+            f"data.trim must be false in the {experiment} experiment: the trimming box is fitted on "
+            "training volumes, so each fold would have its own grid"
+        )
+    if data["scale"] is None:
+        raise ValueError("data.scale must be '[0,1]' or '[-1,1]'")
+    for key in ("folds", "split_file", "classes"):
+        if data.get(key):
+            raise ValueError(f"data.{key} is set by the experiment's cross-validation; leave it unset")
+    return data
+
+
+def _check(cfg: dict[str, Any]) -> dict[str, Any]:
+    from brainkern.models import model_kind
 
     cv, aug = cfg["cv"], cfg["augment"]
     if int(cv["folds"]) != cv["folds"] or cv["folds"] < 2:
@@ -262,18 +287,7 @@ def _check(cfg: dict[str, Any]) -> dict[str, Any]:
     if not float(aug["noise_var"]) >= 0:
         raise ValueError(f"augment.noise_var must be >= 0, got {aug['noise_var']}")
     # The data section is the training configuration's: checked by its schema.
-    data = validate(merge(TRAIN_DEFAULTS, {"data": cfg["data"]}))["data"]
-    if data["trim"]:
-        raise ValueError(
-            "data.trim must be false in the augmentation experiment: the trimming box is fitted on "
-            "training volumes, so each fold would have its own grid"
-        )
-    if data["scale"] is None:
-        raise ValueError("data.scale must be '[0,1]' or '[-1,1]'")
-    for key in ("folds", "split_file", "classes"):
-        if data.get(key):
-            raise ValueError(f"data.{key} is set by the experiment's cross-validation; leave it unset")
-    cfg["data"] = data  # every key of the training data section, resolved
+    cfg["data"] = cv_data_section(cfg["data"], "augmentation")
     for name, spec in cfg["generators"].items():
         if set(spec) - {"preset", "set"} or not spec.get("preset"):
             raise ValueError(f"generators.{name}: give {{preset: NAME, set: {{key: value}}}}, got {spec}")

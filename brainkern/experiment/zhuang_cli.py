@@ -57,10 +57,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """Run the experiment; returns the exit status (0, or 2 with a one-line error)."""
-    args = build_parser(prog).parse_args(argv)
+def run_experiment(args: argparse.Namespace, name: str, module: str, extra: Sequence[dict] = ()) -> int:
+    """The common part of an experiment's command line: ``--set`` overrides, ``--data`` (a labels
+    table or folder in place of the embedded cohort), ``extra`` overrides and ``--device`` laid
+    over ``--preset``; then ``module``'s ``<name>_config`` and ``run_<name>`` (imported here, so
+    ``--help`` needs no torch) write to ``--out`` (default ``runs/<name>-<preset>``).
 
+    Returns:
+        0, or 2 after printing a one-line error (a missing file, an unknown key, a bad value).
+    """
+    import importlib
     from pathlib import Path
 
     from brainkern.train.config import parse_override
@@ -69,20 +75,25 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         overrides = [parse_override(text) for text in args.overrides]
         if args.data:
             overrides.append({"data": {"cohort": None, "table": str(Path(args.data).expanduser().resolve())}})
-        if args.label_field:
-            overrides.append({"label_field": args.label_field})
+        overrides += list(extra)
         if args.device:
             overrides.append({"device": args.device})
-        from brainkern.experiment.zhuang import augmentation_config, run_augmentation
-
-        cfg = augmentation_config(args.preset, overrides)
-        out = Path(args.out) if args.out else Path("runs") / f"augmentation-{cfg['preset']}"
-        run_augmentation(cfg, out, progress=not args.quiet)
+        work = importlib.import_module(module)
+        cfg = getattr(work, f"{name}_config")(args.preset, overrides)
+        out = Path(args.out) if args.out else Path("runs") / f"{name}-{cfg['preset']}"
+        getattr(work, f"run_{name}")(cfg, out, progress=not args.quiet)
     except (FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """Run the experiment; returns the exit status (0, or 2 with a one-line error)."""
+    args = build_parser(prog).parse_args(argv)
+    extra = [{"label_field": args.label_field}] if args.label_field else []
+    return run_experiment(args, "augmentation", "brainkern.experiment.zhuang", extra)
 
 
 if __name__ == "__main__":
