@@ -17,9 +17,9 @@ Kwon et al. (2019)'s ``alpha-wgan-gp`` and their baselines ``alpha-gan``,
 classifiers ``svm``, ``dnn3d`` and ``vgg3d`` (:mod:`brainkern.models.classifiers`).
 """
 
-# ``king``, ``kwon``, ``zhuang`` and ``classifiers`` register their models on import (each
+# ``ha_gan``, ``king``, ``kwon``, ``zhuang`` and ``classifiers`` register their models on import (each
 # imports the registry itself).
-from brainkern.models import classifiers, king, kwon, zhuang
+from brainkern.models import classifiers, ha_gan, king, kwon, zhuang
 from brainkern.models.base import GenerativeModel
 from brainkern.models.classifier import Classifier, SklearnClassifier, TorchClassifier
 from brainkern.models.registry import (
@@ -38,6 +38,7 @@ __all__ = [
     "TorchClassifier",
     "build_model",
     "classifiers",
+    "ha_gan",
     "king",
     "kwon",
     "model_kind",
