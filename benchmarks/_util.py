@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -162,3 +162,102 @@ def record(benchmark, *, group: str, provider: str, device: torch.device, **info
         threads=torch.get_num_threads(),
         **info,
     )
+
+
+class _Packed:
+    """What :class:`SavedTensorMeter` stores in place of a saved tensor: the tensor and
+    the storage it counts against; released (and uncounted) when autograd drops it."""
+
+    __slots__ = ("key", "meter", "tensor")
+
+    def __init__(self, tensor: torch.Tensor, key: tuple[str, int], meter: SavedTensorMeter) -> None:
+        self.tensor = tensor
+        self.key = key
+        self.meter = meter
+
+    def __del__(self) -> None:
+        self.meter._release(self.key)
+
+
+class SavedTensorMeter:
+    """Bytes that autograd holds for backward while the meter is active: live, peak and total.
+
+    Inside ``with meter:`` every tensor an op saves for backward (including the graph a
+    ``create_graph=True`` backward builds for a second backward) is counted against its
+    storage, each distinct storage once however many saved tensors (views, the same
+    input of several ops) refer to it. A storage stops counting when autograd releases
+    the last saved tensor on it (after the backward that used it). ``live`` is the
+    bytes counted now, ``peak`` the most counted at any moment (the activation memory
+    a training step needs between its forwards and backwards), ``total`` every
+    storage's bytes each time it started to count (the sum over all forward-backward
+    passes).
+
+    Storages of ``exclude`` (a model's parameters, counted as weights elsewhere) and
+    empty storages are not counted. Not seen: what a checkpointed block saves inside
+    itself (``torch.utils.checkpoint`` installs its own hooks there, keeps only the
+    block's inputs, which are counted, and recomputes the rest during backward).
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
+        self._skip = {self._key(t) for t in exclude}
+        self._refs: dict[tuple[str, int], list[int]] = {}
+        self.live = 0
+        self.peak = 0
+        self.total = 0
+        self._hooks: torch.autograd.graph.saved_tensors_hooks | None = None
+
+    @staticmethod
+    def _key(t: torch.Tensor) -> tuple[str, int]:
+        return (t.device.type, t.untyped_storage().data_ptr())
+
+    def _pack(self, t: torch.Tensor) -> object:
+        nbytes = t.untyped_storage().nbytes()
+        key = self._key(t)
+        if nbytes == 0 or key in self._skip:
+            return t
+        entry = self._refs.get(key)
+        if entry is None:
+            entry = self._refs[key] = [0, nbytes]
+            self.live += nbytes
+            self.total += nbytes
+            self.peak = max(self.peak, self.live)
+        entry[0] += 1
+        return _Packed(t, key, self)
+
+    @staticmethod
+    def _unpack(packed: object) -> torch.Tensor:
+        return packed.tensor if isinstance(packed, _Packed) else packed
+
+    def _release(self, key: tuple[str, int]) -> None:
+        entry = self._refs[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del self._refs[key]
+            self.live -= entry[1]
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        hooks, self._hooks = self._hooks, None
+        hooks.__exit__(*exc)
+
+
+def adam_state_bytes(params: Iterable[torch.Tensor]) -> int:
+    """Bytes of weights, gradients and Adam's two moments of ``params``: 4 tensors of
+    each parameter's size and dtype (Adam's step counters, one scalar each, left out)."""
+    return sum(4 * p.numel() * p.element_size() for p in params)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``"unknown"`` where it has none)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
