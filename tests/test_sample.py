@@ -44,15 +44,15 @@ def run(tmp_path_factory) -> Path:
 
 
 def _expected(run_dir: Path, n: int, labels: list[int] | None, batch_size: int, seed: int = 0) -> np.ndarray:
-    """The ``n`` volumes the seeded latents give, drawn batch by batch, with ``labels``."""
+    """The ``n`` volumes (one shard: ``n`` < 256) with ``labels``: their latents drawn at once from
+    the shard's seeded generator, generated batch by batch."""
     model, _, _ = load_run(run_dir, "last", "cpu")
-    gen = torch.Generator().manual_seed(seed)
+    z = model.sample_latent(n, generator=torch.Generator().manual_seed(sample.shard_seed(seed, 0)))
     out = []
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            z = model.sample_latent(min(batch_size, n - start), generator=gen)
             part = None if labels is None else torch.tensor(labels[start : start + batch_size])
-            out.append(model.generate(z, part))
+            out.append(model.generate(z[start : start + batch_size], part))
     return torch.cat(out)[:, 0].numpy()
 
 

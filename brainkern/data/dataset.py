@@ -179,6 +179,61 @@ class VolumeDataset(Dataset):
         records = scan_neurovault(folder, label_field=label_field, subject_field=subject_field)
         return cls(records, shape=shape, scale=scale, clip=clip, trim=trim, cache_dir=cache_dir, **kwargs)
 
+    @classmethod
+    def from_memmap(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> VolumeDataset:
+        """The volumes ``python -m brainkern.sample --format memmap`` wrote, read in place.
+
+        ``folder`` holds ``volumes.npy`` (``(N, D, H, W)`` float32), ``index.csv`` (``row``,
+        ``label``, ``subject``) and ``sampling.json`` (``affine``, ``shape``, ``background``).
+        ``volumes`` is the read-only memory map itself (no copy); items are as for any
+        data set, classes are the sorted label names, every record's path is the array
+        file, and nothing is preprocessed (``config`` is the sampling settings; no mask).
+
+        Raises:
+            FileNotFoundError: no such folder or no ``volumes.npy``.
+            ValueError: no ``index.csv`` (the sampling run has not finished: rerun it), or an
+                index whose rows do not match the array.
+        """
+        import csv
+
+        folder = Path(folder)
+        path = folder / "volumes.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no volumes.npy: not a memmap sampling folder")
+        if not (folder / "index.csv").is_file():
+            raise ValueError(f"{folder} has no index.csv: the sampling run has not finished (rerun it)")
+        settings = json.loads((folder / "sampling.json").read_text())
+        volumes = np.load(path, mmap_mode="r")
+        with open(folder / "index.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if [int(r["row"]) for r in rows] != list(range(len(volumes))):
+            raise ValueError(
+                f"{folder}/index.csv: its rows do not number the {len(volumes)} volumes 0 .. N - 1"
+            )
+        self = cls.__new__(cls)
+        self.transform = transform
+        self.preprocess = Preprocess(
+            reorient=False, resample=False, trim=False, clip=None, scale=None, mask=None
+        )
+        self.records = [Record(path, r["label"], r["subject"] or None) for r in rows]
+        self.paths = [path] * len(rows)
+        self.classes = sorted({r.label for r in self.records})
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.labels = np.array([index[r.label] for r in self.records], dtype=np.int64)
+        self.subjects = [r.subject for r in self.records]
+        self.cache_dir, self.cache_hit, self._progress, self._memory_budget = None, False, False, 0
+        self._volumes, self._volumes_path, self.mask = volumes, path, None
+        self.affine = np.asarray(settings["affine"], dtype=np.float64)
+        background = settings.get("background")
+        self.background_values = np.full(len(rows), 0.0 if background is None else background, np.float32)
+        self.config = settings
+        return self
+
     # ------------------------------------------------------------------ access
 
     def __len__(self) -> int:

@@ -384,15 +384,23 @@ def build_set(
 
 def infinite_stream(model, class_weights: Sequence[float], batch_size: int, seed: int) -> Callable:
     """A ``draw()`` giving a fresh synthetic batch ``(x (B, 1, D, H, W), y (B,))`` each call: labels
-    drawn with ``class_weights``, volumes generated for them; nothing is kept between calls."""
-    import torch
+    drawn with ``class_weights``, volumes generated for them; nothing is kept between calls.
 
-    gen = torch.Generator().manual_seed(int(seed))
-    weights = torch.as_tensor(np.asarray(class_weights, dtype=np.float64))
+    The batches come from :func:`brainkern.sample.sample_batches`, the code path that writes
+    synthetic sets to disk, as an endless stream of shards of one batch each: call ``j`` is
+    shard ``j``, its latents and its labels (:func:`brainkern.sample.weighted_labels`) drawn
+    from generators seeded with ``(seed, j)`` (:func:`brainkern.sample.shard_seed`).
+    """
+    from brainkern.sample import sample_batches, weighted_labels
+
+    plan = weighted_labels(class_weights, int(seed))
+    stream = sample_batches(
+        model, None, labels=plan, seed=int(seed), shard_size=int(batch_size), batch_size=int(batch_size)
+    )
 
     def draw():
-        labels = torch.multinomial(weights, int(batch_size), replacement=True, generator=gen)
-        return model.sample(int(batch_size), labels=labels, generator=gen, batch_size=int(batch_size)), labels
+        _, x, y = next(stream)
+        return x, y
 
     return draw
 
