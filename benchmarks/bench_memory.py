@@ -440,7 +440,7 @@ def _cell_in_process(args) -> int:
     why = missing(config)
     if why:
         raise SystemExit(f"bench_memory: {config.name}: {why}")
-    row = measure(config, args.cell[1], smoke=args.smoke, repeat=not args.single)
+    row = measure(config, args.cell[1], smoke=args.smoke, repeat=not _single(*args.cell, args))
     print(json.dumps(row))
     return 0
 
@@ -454,7 +454,7 @@ def _run_cell(name: str, variant: str, args) -> dict[str, Any] | None:
     cmd = [sys.executable, "-m", "benchmarks.bench_memory", "--cell", name, variant]
     cmd += ["--threads", str(args.threads)] + (["--smoke"] if args.smoke else [])
     if _single(name, variant, args):
-        cmd.append("--single")
+        cmd += ["--single", f"{name}:{variant}"]
     env = dict(os.environ, BRAINKERN_BENCH_DEVICE=str(DEVICE))
     try:
         done = subprocess.run(

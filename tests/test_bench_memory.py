@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from benchmarks._util import SavedTensorMeter, adam_state_bytes
@@ -74,3 +76,16 @@ def test_table_factors():
     assert plain.startswith("| sn-gan-64 | plain | 40.0 | 1.0 | 41.0 | 3.0 | 1.00 |")
     assert ckpt.endswith("|  | 4.00x |") and eager.endswith("| 2.50x |  |")
     assert "3.0* | 1.00* |  | 2.00x |" in bf16
+
+
+def test_table_run_measures_each_cell_in_its_own_process(tmp_path, capsys):
+    from benchmarks.bench_memory import main
+
+    out = tmp_path / "memory.json"
+    args = ["--smoke", "--configs", "sn-gan-64", "--variants", "plain", "--threads", "1", "--out", str(out)]
+    assert main([*args, "--single", "sn-gan-64:plain"]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["config"] == "sn-gan-64" and row["variant"] == "plain" and row["repeat"] is False
+    assert row["saved_bytes"] > 0 and row["seconds"] == row["first_seconds"]
+    assert main(["--table", str(out)]) == 0
+    assert "| sn-gan-64 | plain |" in capsys.readouterr().out
