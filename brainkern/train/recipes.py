@@ -71,6 +71,14 @@ Families:
   Gaussian mixtures, fitted by EM on the whole training set in one step. See
   :class:`EMRecipe`.
 
+- ``"ha"`` (G + D^H + D^L): Sun et al.'s hierarchical HA-GAN (2022), as King et al. train
+  it (seed 003): the discriminators judge one random slab per sample (with its position)
+  and the low-resolution volume, their logits averaged; the discriminators first, then
+  the generator. See :class:`HARecipe`.
+- ``"alpha-ha"`` (E^H + E^L + G + D^H + D^L + code discriminator): King et al.'s
+  alpha-HA-GAN, their equations 1-4 in Sun et al.'s update order. See
+  :class:`AlphaHARecipe`.
+
 A recipe whose objective is not adversarial (``adversarial = False``: ``cvae``,
 ``em``) has no ``train.loss`` to choose: its ``loss`` is the model's own name for
 its objective (``"elbo"``, ``"em"``). A recipe with ``whole_data = True`` gets every
@@ -86,7 +94,10 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from brainkern.models._checkpoint import FrozenBatchNormStats
+from brainkern.models.ha_gan import low_resolution, slabs_at
 from brainkern.nn.spectral_norm import has_spectral_norm, spectral_norm_update
 from brainkern.ops import gradient_penalty
 from brainkern.ops.gradient_penalty import lazy_count, set_lazy_count
@@ -136,12 +147,16 @@ class _Critic(nn.Module):
         self._recipe = [recipe]  # a list: not a registered submodule (no parameters twice)
         self.name = name
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, *extra: torch.Tensor
+    ) -> torch.Tensor:
+        """``net(x[, labels], *extra)`` on the hooked ``x`` (``extra``: further inputs the
+        hooks leave alone, e.g. the slab position of HA-GAN's ``D^H``)."""
         recipe = self._recipe[0]
         for hook in recipe.hooks["critic_input"]:
             x = hook(x, self.name)
         net = recipe.model[self.name]
-        return net(x) if labels is None else net(x, labels)
+        return net(x, *extra) if labels is None else net(x, labels, *extra)
 
 
 class Recipe:
@@ -895,6 +910,212 @@ class EMRecipe(Recipe):
         args = (self.images(batch),) if labels is None else (self.images(batch), labels)
         nll = self.model.generator.fit(*args)
         return {"loss_nll": torch.tensor(float(nll), dtype=torch.float64, device=self.device)}
+
+
+class _HierarchicalRecipe(Recipe):
+    """What the hierarchical families share: slab starts, the real slabs and low-resolution
+    volumes, and the averaged discriminator ``D(x, c) = (D^H(x^H, c) + D^L(x^L)) / 2``.
+
+    Slab starts: one per sample, uniform over every plane ``0 .. D - d``, drawn for the
+    global batch by the CPU's global generator and sliced (as the latent codes are); the
+    position ``D^H`` sees is the start over ``D - d``. Each update draws its own starts;
+    within an update the real and generated slabs of sample ``i`` share a start. The real
+    low-resolution volume is the real volume average-pooled by 4
+    (:func:`brainkern.models.ha_gan.low_resolution`).
+
+    Both discriminators are reached through :meth:`Recipe.critic`, so the spectral-norm
+    refresh and DiffAugment apply to each (DiffAugment to slabs and low-resolution volumes
+    alike, with its own draws for each), and both are stepped together on one loss.
+
+    Raises:
+        ValueError: (at construction) ``train.loss=wgan-gp`` (no gradient penalty for the
+            two-input averaged critic), or a generator without slab training.
+    """
+
+    networks = ("generator", "discriminator_high", "discriminator_low")
+    CRITICS = ("discriminator_high", "discriminator_low")
+
+    def __init__(
+        self, model: nn.Module, train: dict[str, Any], device: torch.device, world: World | None = None
+    ) -> None:
+        super().__init__(model, train, device, world)
+        if self.loss == "wgan-gp":
+            raise ValueError(
+                f"{model.name}: the {self.family!r} recipe trains the standard or hinge loss; "
+                "train.loss=wgan-gp needs a gradient penalty the averaged slab and volume critics do not have"
+            )
+        generator = model.generator
+        if not callable(getattr(generator, "forward_train", None)) or not hasattr(generator, "sub_depth"):
+            raise ValueError(
+                f"{model.name}: the {self.family!r} recipe needs a hierarchical generator "
+                f"(forward_train(z, starts), sub_depth), not {type(generator).__name__}"
+            )
+        self.depth, self.sub_depth = int(model.shape[0]), int(generator.sub_depth)
+
+    def _starts(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` slab starts ``(n,)`` int64 and their positions ``(n,)`` in [0, 1] (this process's slice)."""
+        last = self.depth - self.sub_depth
+        starts = self.world.shard(torch.randint(0, last + 1, (n * self.world.size,), dtype=torch.int64))
+        starts = starts.to(self.device)
+        return starts, starts.to(self.dtype) / max(last, 1)
+
+    def _real(self, real: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The real slabs at ``starts`` and the real low-resolution volumes."""
+        return slabs_at(real, starts, self.sub_depth), low_resolution(real)
+
+    def _fake(self, z: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generated slabs at ``starts`` and low-resolution volumes for codes ``z``."""
+        return self.model.generator.forward_train(z, starts)
+
+    def _score(self, parts: tuple[torch.Tensor, torch.Tensor], position: torch.Tensor) -> torch.Tensor:
+        """The averaged logit ``(N, 1)`` of (slabs, low-resolution volumes) at ``position``."""
+        slab, low = parts
+        high = self.critic("discriminator_high")(slab, None, position)
+        return (high + self.critic("discriminator_low")(low)) / 2
+
+    def _critics_step(
+        self,
+        real: tuple[torch.Tensor, torch.Tensor],
+        fakes: list[tuple[torch.Tensor, torch.Tensor]],
+        position: torch.Tensor,
+    ) -> torch.Tensor:
+        """One update of both discriminators on the averaged logit; returns the detached loss."""
+        self._before_critic(*self.CRITICS)
+        with self.autocast():
+            loss = discriminator_loss(
+                self.loss, self._score(real, position), [self._score(f, position) for f in fakes]
+            )
+        self._update(loss, *self.CRITICS)
+        return loss.detach()
+
+    def _detached(self, parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(self._full(p) for p in parts)
+
+
+@register_recipe("ha")
+class HARecipe(_HierarchicalRecipe):
+    """Hierarchical generator + slab and low-resolution discriminators (HA-GAN; Sun et al. 2022).
+
+    Per iteration, in Sun et al.'s order:
+
+    1. the discriminators ``d_updates`` times, together: real (slab, low-resolution
+       volume) pairs against generated ones from fresh prior codes (generated without
+       autograd), on the adversarial loss of the averaged logit;
+    2. the generator ``g_updates`` times, each on fresh codes and starts: the
+       adversarial (non-saturating, for ``standard``) loss of the averaged logit of its
+       slabs and low-resolution volumes.
+
+    Logged: ``loss_d`` and ``loss_g`` of the last updates.
+    """
+
+    losses = ("loss_d", "loss_g")
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        real = self.images(batch)
+        n = real.shape[0]
+        logs: dict[str, torch.Tensor] = {}
+        for _ in range(self.d_updates):
+            starts, position = self._starts(n)
+            with torch.no_grad(), self.autocast():
+                fake = self._detached(self._fake(self._latent(n), starts))
+            logs["loss_d"] = self._critics_step(self._real(real, starts), [fake], position)
+        with frozen(self.model.discriminator_high, self.model.discriminator_low):
+            for _ in range(self.g_updates):
+                self._before_critic(*self.CRITICS)
+                starts, position = self._starts(n)
+                with self.autocast():
+                    loss_g = generator_loss(
+                        self.loss, [self._score(self._fake(self._latent(n), starts), position)]
+                    )
+                self._update(loss_g, "generator")
+        logs["loss_g"] = loss_g.detach()
+        return logs
+
+
+@register_recipe("alpha-ha")
+class AlphaHARecipe(_HierarchicalRecipe):
+    """The alpha-HA-GAN (King et al. 2024, seed 003, supplement eqs. 1-4): the HA-GAN with a
+    slab encoder ``E^H``, a volume encoder ``E^L`` and a code discriminator ``C``.
+
+    Per iteration, in the order of Sun et al.'s code (discriminators, generator, encoders),
+    with King et al.'s code discriminator last. ``X^H`` are real slabs at per-sample starts
+    ``c``, ``X^L`` the real volumes at low resolution, ``z_e = E^L(f)`` with ``f`` the ``E^H``
+    features of all non-overlapping slabs of each real volume, concatenated along depth
+    (computed once per iteration, without autograd, before ``E^H`` is updated):
+
+    1. ``D^H`` and ``D^L`` (eq. 3), ``d_updates`` times: real against ``G(z_e, c)`` and
+       ``G(z_r, c)`` (both generated without autograd), the real term counted twice.
+    2. The generator and ``E^L`` together, ``g_updates`` times (one optimiser step of each per
+       update; eq. 2): ``lambda_rec * (|G^H(z_e, c) - X^H|_1 + |G^L(z_e) - X^L|_1)`` (mean
+       absolute errors) plus the adversarial losses of ``G(z_e, c)`` and ``G(z_r, c)`` and the
+       code term of ``z_e`` against ``C``. ``E^H`` gets no gradient here.
+    3. ``E^H`` (eq. 1): ``|G^H(E^H(X^H)) - X^H|_1``, ``G^H`` run on the slab's own features
+       (no context beyond it), the generator frozen: no parameter gradient and, although
+       it runs in training mode, no change to its BatchNorm running statistics. The
+       gradient flows through ``G^H`` to ``E^H`` only.
+    4. ``C`` (eq. 4), once: prior codes real, the codes ``z_e`` of step 2 fake.
+
+    Logged: ``loss_d``, ``loss_g`` (adversarial), ``loss_rec`` (the two L1 terms, unweighted),
+    ``loss_e`` (the code term), ``loss_eh``, ``loss_c``.
+    """
+
+    networks = (
+        "generator",
+        "discriminator_high",
+        "discriminator_low",
+        "encoder_high",
+        "encoder_low",
+        "code_discriminator",
+    )
+    losses = ("loss_d", "loss_g", "loss_rec", "loss_e", "loss_eh", "loss_c")
+    options = ("lambda_rec",)
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        real = self.images(batch)
+        n = real.shape[0]
+        G, E_low = self.model.generator, self.model.encoder_low
+        logs: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), self.autocast():
+            feats = self._full(self.model.encoder_high.encode_volume(real))
+        # 1. the discriminators (eq. 3)
+        for _ in range(self.d_updates):
+            starts, position = self._starts(n)
+            with torch.no_grad(), self.autocast():
+                fake_e = self._detached(self._fake(self._full(E_low(feats)), starts))
+                fake_r = self._detached(self._fake(self._latent(n), starts))
+            logs["loss_d"] = self._critics_step(self._real(real, starts), [fake_e, fake_r], position)
+        # 2. the generator and E^L (eq. 2)
+        C = self.critic("code_discriminator")
+        nets = self.model
+        with frozen(nets.discriminator_high, nets.discriminator_low, nets.code_discriminator):
+            for _ in range(self.g_updates):
+                self._before_critic(*self.CRITICS, "code_discriminator")
+                starts, position = self._starts(n)
+                real_slab, real_low = self._real(real, starts)
+                with self.autocast():
+                    z_e = E_low(feats)
+                    slab_e, low_e = self._fake(z_e, starts)
+                    fake_r = self._fake(self._latent(n), starts)
+                    adv = generator_loss(
+                        self.loss, [self._score((slab_e, low_e), position), self._score(fake_r, position)]
+                    )
+                    rec = l1_reconstruction(real_slab, slab_e) + l1_reconstruction(real_low, low_e)
+                    code = generator_loss(self.loss, [C(z_e)])
+                    total = adv + self.lambda_rec * rec + code
+                self._update(total, "generator", "encoder_low")
+        logs.update(loss_g=adv.detach(), loss_rec=rec.detach(), loss_e=code.detach())
+        # 3. E^H (eq. 1) through the frozen generator
+        starts, _ = self._starts(n)
+        real_slab = slabs_at(real, starts, self.sub_depth)
+        norms = [m for m in G.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+        with frozen(G), FrozenBatchNormStats(norms), self.autocast():
+            loss_eh = l1_reconstruction(real_slab, G.high_planes(self.model.encoder_high(real_slab)))
+        self._update(loss_eh, "encoder_high")
+        logs["loss_eh"] = loss_eh.detach()
+        # 4. the code discriminator (eq. 4)
+        step = self._critic_step("code_discriminator", self._latent(n), [self._full(z_e.detach())])
+        logs["loss_c"] = step["loss_c"]
+        return logs
 
 
 def train_dtype(train: dict[str, Any]) -> torch.dtype:
