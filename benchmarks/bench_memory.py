@@ -143,6 +143,16 @@ CONFIGS: dict[str, Config] = {
             extra=True,
             smoke_same_as="alpha-wgan-gp-64",
         ),
+        Config(
+            "ha-gan-256-b4",
+            "sun2022-ha-gan-256",
+            256,
+            4,
+            smoke=_TINY_HA,
+            extra=True,
+            smoke_size=64,
+            smoke_same_as="ha-gan-64",
+        ),
         Config("sn-gan-64-b4", "king2024-sn-gan", 64, 4, smoke=_TINY, extra=True, smoke_same_as="sn-gan-64"),
     )
 }
