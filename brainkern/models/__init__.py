@@ -13,8 +13,10 @@ Kwon et al. (2019)'s ``alpha-wgan-gp`` and their baselines ``alpha-gan``,
 ``wgan-gp`` and ``vae-gan`` (:mod:`brainkern.models.kwon`); Zhuang et al.
 (2019)'s class-conditional ``icw-gan``, ``cvae`` and ``gmm``
 (:mod:`brainkern.models.zhuang`); King et al. (2024)'s ``sn-gan`` and
-``alpha-sn-gan`` with their conditioning schemes (:mod:`brainkern.models.king`); the
-classifiers ``svm``, ``dnn3d`` and ``vgg3d`` (:mod:`brainkern.models.classifiers`).
+``alpha-sn-gan`` with their conditioning schemes (:mod:`brainkern.models.king`) and
+their hierarchical ``ha-gan`` (Sun et al. 2022) and ``alpha-ha-gan``
+(:mod:`brainkern.models.ha_gan`); the classifiers ``svm``, ``dnn3d`` and ``vgg3d``
+(:mod:`brainkern.models.classifiers`).
 """
 
 # ``ha_gan``, ``king``, ``kwon``, ``zhuang`` and ``classifiers`` register their models on import (each

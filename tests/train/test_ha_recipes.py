@@ -209,3 +209,44 @@ def test_bad_configurations_are_refused():
     sn = build_model("sn-gan", shape=(16, 16, 16), latent_dim=8, width=2)
     with pytest.raises(ValueError, match="needs the networks"):
         HARecipe(sn, _train(), torch.device("cpu"))
+
+
+HAGAN_CRITICS = ("discriminator_high", "discriminator_low")
+PRESETS = {
+    # preset: (side, slab depth, latent, lr, betas, discriminators' lr)
+    "king2024-ha-gan": (64, 8, 1000, 2e-4, [0.5, 0.999], None),
+    "king2024-alpha-ha-gan": (64, 8, 1000, 2e-4, [0.5, 0.999], None),
+    "sun2022-ha-gan-128": (128, 16, 1024, 1e-4, [0.0, 0.999], 4e-4),
+    "sun2022-ha-gan-256": (256, 32, 1024, 1e-4, [0.0, 0.999], 4e-4),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_have_their_papers_settings_and_make_a_recipe(preset):
+    from brainkern.train import config
+    from brainkern.train.engine import recipe_train
+
+    side, depth, latent, lr, betas, d_lr = PRESETS[preset]
+    cfg = config.resolve(preset)
+    model_cfg, train = dict(cfg["model"]), cfg["train"]
+    assert cfg["data"]["shape"] == [side] * 3 and cfg["data"]["cohort"] == "smri"
+    assert (model_cfg["sub_depth"], model_cfg["latent_dim"]) == (depth, latent)
+    assert train["batch_size"] == 4 and train["loss"] == "standard"
+    assert train["lr"] == pytest.approx(lr) and train["betas"] == betas
+    assert train["iters"] == (12000 if preset.startswith("king") else 200000)
+    optim = train["optim"]
+    if d_lr is None:
+        assert optim == {}
+    else:
+        assert {k: v["lr"] for k, v in optim.items()} == {
+            "discriminator_high": d_lr,
+            "discriminator_low": d_lr,
+        }
+    # the preset's model and training section at a tiny width and grid make a recipe
+    name = model_cfg.pop("name")
+    small = {**model_cfg, "latent_dim": 8, "width": 2, "sub_depth": 8}
+    model = build_model(name, shape=GRID, **small)
+    recipe = make_recipe(model, recipe_train(cfg), "cpu")
+    assert recipe.family == ("alpha-ha" if name == "alpha-ha-gan" else "ha")
+    groups = recipe.optimizers["discriminator_low"].param_groups
+    assert groups[0]["lr"] == pytest.approx(d_lr or lr) and list(groups[0]["betas"]) == betas
