@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="a labels table (CSV/TSV: path,label[,subject]) or a folder of class folders"
     )
     data.add_argument("--cohort", choices=("smri", "fmri"), help="an embedded simulated cohort")
-    parser.add_argument("--model", help="registered model name (alpha-wgan-gp, wgan-gp, vae-gan, alpha-gan)")
+    parser.add_argument(
+        "--model", help="registered model name, e.g. alpha-wgan-gp, sn-gan, ha-gan (--list shows them all)"
+    )
     parser.add_argument("--iters", type=positive_int, help="training iterations (>= 1)")
     parser.add_argument("--batch-size", type=positive_int, help="mini-batch size (>= 1)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
