@@ -331,6 +331,20 @@ def first_losses(config: Config, variant: str, device: torch.device = DEVICE) ->
 # ------------------------------------------------------------------ pytest
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_in_smoke(smoke):
+    """Smoke cells on one thread: tiny ops on two threads of a busy CPU spin (30x slower here)."""
+    if not smoke:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _need(config: Config, smoke: bool) -> None:
     why = missing(config)
     if why:
