@@ -36,9 +36,11 @@ Measured per configuration and variant (a "cell"):
 - the wall time of that iteration.
 
 Configurations (batch 1 unless named): Kwon et al.'s alpha-WGAN-GP at 64^3 and
-128^3 (the kwon2019 preset's width 64, latent 1000), King et al.'s SN-GAN at 64^3
-(width 32, latent 1000), HA-GAN at 64^3 (King et al.'s preset), 128^3 and 256^3
-(Sun et al.'s presets), and the papers' batch 4 at 64^3 for the first two.
+128^3 (the kwon2019 preset's width 64, latent 1000; batch 2, the smallest its code
+discriminator's BatchNorm1d trains on), King et al.'s SN-GAN at 64^3 (width 32,
+latent 1000), HA-GAN at 64^3 (King et al.'s preset), 128^3 and 256^3 (Sun et al.'s
+presets), and as extra rows (``--configs``) the presets' batch 4 for alpha-WGAN-GP and
+SN-GAN at 64^3 and HA-GAN at 256^3.
 
 Runs:
 
