@@ -16,7 +16,10 @@
 - :func:`fid`, :func:`frechet_distance`, :func:`precision_recall`, :func:`feature_mmd2`,
   :func:`fidelity_metrics`, :func:`fidelity_table`, :func:`format_fidelity_table`,
   :func:`pca_scatter` (``fidelity``): King et al.'s (seed 003) FID, precision / recall
-  and MMD^2 on 3D features, beside the trivial baselines, and the PCA picture.
+  and MMD^2 on 3D features, beside the trivial baselines, and the PCA picture;
+- :func:`c2st` (``c2st``): a classifier two-sample test of real against synthetic 2D
+  slices or 3D volumes (cross-validated accuracy, exact binomial CI, permutation p),
+  the machine observer beside Han et al.'s (seed 002) Visual Turing Test.
 
 What a paper compares with these metrics is an experiment, in
 :mod:`brainkern.experiment`: Kwon et al.'s Table 1 for a training run is
@@ -33,6 +36,7 @@ from brainkern._lazy import lazy_exports
 
 _EXPORTS = {
     "batch_mmd2": "generation",
+    "c2st": "c2st",
     "kernel_mmd2": "distribution",
     "make_baselines": "baselines",
     "mean_volume": "baselines",
