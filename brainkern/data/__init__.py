@@ -6,6 +6,7 @@ scikit-learn and torch are imported only by the functions that need them).
 
 - :func:`load_volume`, :func:`save_volume`, :class:`Volume` (``brainkern.data.io``)
 - :class:`VolumeDataset`, :class:`Preprocess` (``dataset``, ``preprocess``)
+- :class:`SliceDataset` (``slices``): 2D slices of 3D data sets, sequences as channels
 - :func:`read_table`, :func:`scan_folder`, :func:`scan_bids`, :func:`scan_neurovault` (``sources``)
 - :func:`stratified_kfold` (``splits``)
 - :func:`foreground_mask`, :func:`background_values` (``masks``): brain masks fitted on a fold
@@ -20,6 +21,7 @@ from brainkern._lazy import lazy_exports
 _EXPORTS = {
     "Preprocess": "preprocess",
     "Record": "sources",
+    "SliceDataset": "slices",
     "Volume": "io",
     "VolumeDataset": "dataset",
     "assemble_slabs": "subvolume",
@@ -44,6 +46,7 @@ _SUBMODULES = (
     "io",
     "masks",
     "preprocess",
+    "slices",
     "sources",
     "splits",
     "subvolume",
