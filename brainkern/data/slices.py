@@ -1,9 +1,9 @@
 """``SliceDataset``: 2D slices cut from one or several 3D data sets of the same subjects.
 
-The 2D models of Han et al. (2018, "GAN-based synthetic brain MR image generation", ISBI)
-train on axial slices taken from the middle of each volume, leaving out the outermost
-planes, which hold little or no brain; the sequences (T1, T2, FLAIR, ...) of a subject are
-stacked as the image's channels. This module cuts such slices from brainkern's
+The 2D models of Han et al. (2018, seed 002) train on sagittal slices taken from the
+middle of each volume (planes 80 to 149 of 240), leaving out the outermost planes, which
+hold little or no brain; the sequences (T1, T1c, T2, FLAIR) of a subject are stacked as the
+image's channels in their "Concat" setting. This module cuts such slices from brainkern's
 preprocessed grids.
 
 Plane convention (the one :mod:`brainkern.evaluate.pictures` uses): volumes are RAS
