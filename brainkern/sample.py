@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -310,7 +311,7 @@ def sample_batches(
     if shards is not None:
         order = shards
     elif n is None:
-        order = _count()
+        order = itertools.count()
     else:
         order = range(num_shards(int(n), int(shard_size)))
     for k in order:
@@ -325,13 +326,6 @@ def sample_batches(
         for a in range(0, m, int(batch_size)):
             part = None if y is None else y[a : a + batch_size]
             yield start + a, _generate(model, z[a : a + batch_size], part), part
-
-
-def _count() -> Iterator[int]:
-    k = 0
-    while True:
-        yield k
-        k += 1
 
 
 def _generate(model: Any, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
