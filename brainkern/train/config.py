@@ -55,6 +55,16 @@ DEFAULTS: dict[str, Any] = {
         # background scaled by a factor uniform in [0.7, 1.0] (their code's range).
         "flip": True,
         "intensity": [0.7, 1.0],
+        # smri cohort: the MR sequences simulated (of "t1", "t1c", "t2", "flair"; Han et al.'s
+        # four), each its own labels table of the same subjects; a 2D run stacks them as channels.
+        "sequences": ["t1"],
+        # smri cohort: the fraction of subjects given a simulated tumour with oedema (0: none).
+        "lesions": 0.0,
+        # 2D runs (Han et al.'s slice models): slices cut from the preprocessed data.shape grid,
+        # {"plane": "sagittal" | "coronal" | "axial", "range": [start, stop] or None (then the
+        # central fraction "central" of the planes), "size": side of the square slice images}.
+        # None: the run trains on 3D volumes.
+        "slices": None,
     },
     "train": {
         "iters": 1000,
@@ -64,7 +74,11 @@ DEFAULTS: dict[str, Any] = {
         # Per-network optimiser settings over lr/betas, e.g. {"discriminator": {"lr": 4e-4}}
         # (two time-scale updates); the recipe rejects a network it does not train.
         "optim": {},
-        "loss": None,  # default: the model's own ("wgan-gp", "standard" or "hinge")
+        "optimizer": "adam",  # "adam" (betas from train.betas) or "rmsprop" (Arjovsky et al.'s WGAN)
+        # WGAN weight clipping: every discriminator parameter clamped to [-c, c] after each of
+        # its updates (Arjovsky et al.: 0.01); None: off.
+        "weight_clip": None,
+        "loss": None,  # default: the model's own ("wgan-gp", "wgan", "standard" or "hinge")
         "g_updates": 2,  # generator (encoder-generator) updates per iteration
         "d_updates": 1,  # discriminator updates per iteration
         # alpha family: how the generator's g_updates are made (see brainkern.train.recipes):

@@ -54,6 +54,18 @@ class _Optim(BaseModel):
     betas: Pair | None = None
 
 
+class _Slices(BaseModel):
+    """``data.slices``: how a 2D run cuts its images from the preprocessed volumes."""
+
+    model_config = ConfigDict(extra="forbid")
+    plane: Literal["sagittal", "coronal", "axial"] = "sagittal"
+    range: tuple[Count, Positive] | None = None
+    central: Annotated[float, Field(gt=0, le=1)] | None = None
+    size: Positive | None = None
+
+
+Sequence = Literal["t1", "t1c", "t2", "flair"]
+
 # (section, key) -> type; "" is the top level.
 TYPES: dict[tuple[str, str], Any] = {
     ("", "preset"): str | None,
@@ -75,12 +87,17 @@ TYPES: dict[tuple[str, str], Any] = {
     ("data", "clip"): Pair | None,
     ("data", "cache_dir"): str | None,
     ("data", "intensity"): Pair | None,
+    ("data", "sequences"): Annotated[list[Sequence], Field(min_length=1)],
+    ("data", "lesions"): Annotated[float, Field(ge=0, le=1)],
+    ("data", "slices"): _Slices | None,
     ("train", "iters"): Positive,
     ("train", "batch_size"): Positive,
     ("train", "lr"): NonNegative,
     ("train", "betas"): Pair,
     ("train", "optim"): dict[str, _Optim],
-    ("train", "loss"): Literal["wgan-gp", "standard", "hinge"] | None,
+    ("train", "loss"): Literal["wgan-gp", "wgan", "standard", "hinge"] | None,
+    ("train", "optimizer"): Literal["adam", "rmsprop"],
+    ("train", "weight_clip"): Annotated[float, Field(gt=0)] | None,
     ("train", "g_updates"): Positive,
     ("train", "d_updates"): Positive,
     ("train", "lambda_gp"): NonNegative,
@@ -139,8 +156,9 @@ def _message(exc: ValidationError, prefix: str, model: type[BaseModel]) -> str:
     err = exc.errors()[0]
     path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
     if err["type"] == "extra_forbidden":
-        nested = len(err["loc"]) > 1 and err["loc"][0] == "optim"  # train.optim.<network>.<key>
-        allowed = ", ".join(_Optim.model_fields if nested else model.model_fields)
+        # train.optim.<network>.<key>, data.slices.<key>
+        nested = {"optim": _Optim, "slices": _Slices}.get(err["loc"][0]) if len(err["loc"]) > 1 else None
+        allowed = ", ".join((nested or model).model_fields)
         text = f"unknown config key {path!r}; allowed keys here: {allowed}"
     else:
         given = err.get("input")
