@@ -1,6 +1,7 @@
 """``python -m brainkern.data``: data-layer commands.
 
     python -m brainkern.data make-cohort smri --out data/smri --n-per-class 40
+    python -m brainkern.data make-cohort smri --out data/mr4 --sequences t1 t1c t2 flair --lesions 0.5
     python -m brainkern.data make-cohort fmri --out data/fmri --n-per-class 40 --n-classes 4
 
 Heavy modules (nibabel, nilearn, scipy) load only inside the command, so
@@ -20,6 +21,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
     return value
 
 
@@ -53,6 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="smri only: patient effect size (>= 0; default 1.0, the calibrated size)",
     )
     make.add_argument(
+        "--sequences",
+        nargs="+",
+        choices=("t1", "t1c", "t2", "flair"),
+        default=None,
+        metavar="SEQ",
+        help="smri only: MR sequences to simulate, from t1 t1c t2 flair (T1 is always written, as "
+        "labels.csv; each other one gets labels_<SEQ>.csv; default: t1)",
+    )
+    make.add_argument(
+        "--lesions",
+        type=_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="smri only: fraction of subjects in [0, 1] with a simulated tumour-like lesion "
+        "(label maps in masks/; default 0)",
+    )
+    make.add_argument(
         "--n-classes", type=int, default=None, help="fmri only: number of classes, 2 to 7 (default 4)"
     )
     make.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -74,10 +99,17 @@ def make_cohort(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             effect=1.0 if args.effect is None else args.effect,
             seed=args.seed,
             progress=progress,
+            sequences=tuple(args.sequences) if args.sequences else ("t1",),
+            lesions=0.0 if args.lesions is None else args.lesions,
         )
     else:
-        if args.effect is not None:
-            parser.error("--effect applies to the smri cohort only")
+        for flag, value in (
+            ("--effect", args.effect),
+            ("--sequences", args.sequences),
+            ("--lesions", args.lesions),
+        ):
+            if value is not None:
+                parser.error(f"{flag} applies to the smri cohort only")
         table = cohorts.fmri(
             args.out,
             n_per_class=args.n_per_class,

@@ -15,6 +15,13 @@ ventricles, both scaled by ``effect``. :func:`fmri` draws task maps whose class
 is a set of activation blobs in its own anatomical regions (MNI coordinates),
 with per-subject jitter of centres, widths and amplitudes and smooth noise.
 
+:func:`smri` can also write T2, FLAIR and contrast-enhanced T1 (T1c) volumes of the
+same subjects (the four sequences of Han et al., seed 002), built from the GM, WM and
+CSF maps with each sequence's approximate tissue contrast, and give a fraction of
+subjects a simulated tumour-like lesion (necrotic core, enhancing rim, oedema) with
+its label map. These contrasts are rough textbook orderings, not a physical (Bloch)
+simulation.
+
 Each subject has its own random stream (seeded by ``(seed, class, subject)``), so
 a subject's volume does not depend on how many subjects are drawn, and two runs
 with the same arguments write the same bytes.
@@ -25,7 +32,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,6 +68,34 @@ VENTRICLE_SEARCH = ((0.0, -10.0, 15.0), 30.0)
 # The size of the patient effect at effect=1.0 (calibrated with scripts/calibrate_smri.py).
 ATROPHY_AT_1 = 0.42  # fraction of the GM-to-CSF contrast lost at a region's centre
 VENTRICLE_AT_1 = 0.26  # radial expansion of the ventricular region (26 % wider)
+
+# MR sequences of the smri cohort, in Han et al.'s order. T1 is the template image itself;
+# the others are built from the tissue maps.
+SMRI_SEQUENCES = ("t1", "t1c", "t2", "flair")
+# Approximate signal of (CSF, GM, WM) in each tissue-map sequence, as a multiple of the
+# template's T1 white-matter level (so every sequence lands in the same scanner-unit range).
+# T1c keeps T1's ordering (WM > GM > CSF, ratios measured on the template); T2 has CSF
+# brightest, then GM, then WM; FLAIR nulls free water (CSF dark) and keeps GM above WM.
+SEQUENCE_TISSUE = {
+    "t1c": (0.37, 0.74, 1.0),
+    "t2": (1.25, 0.62, 0.46),
+    "flair": (0.15, 0.82, 0.58),
+}
+# Gadolinium in pial vessels: T1c brightens the GM/CSF boundary (peak of 4 * gm * csf).
+T1C_VESSELS = 0.15
+# Approximate lesion signal (oedema, enhancing rim, necrotic core) as a multiple of the same
+# sequence's normal WM signal: the core is fluid (dark on T1/T1c, bright on T2), the rim
+# takes up contrast (bright on T1c only), oedema is water (bright on T2 and FLAIR, a little
+# dark on T1).
+LESION_SIGNAL = {
+    "t1": (0.82, 0.9, 0.45),
+    "t1c": (0.82, 1.5, 0.45),
+    "t2": (1.9, 1.5, 2.5),
+    "flair": (2.0, 1.6, 0.9),
+}
+LESION_LABELS = ("none", "oedema", "rim", "core")  # values 0..3 of a lesion mask
+LESION_RADIUS_MM = (6.0, 15.0)  # tumour (rim's outer edge) radius
+LESION_OEDEMA_MM = (4.0, 15.0)  # oedema beyond the tumour
 
 # fMRI classes: activation blobs (MNI centre in mm, amplitude in t-units).
 FMRI_CLASSES: dict[str, tuple[tuple[tuple[float, float, float], float], ...]] = {
@@ -216,6 +251,11 @@ def _smri_templates(shape: tuple[int, int, int]) -> dict:
     )
     maps["atrophy_weight"] = (np.clip(region, 0, 1) * maps["gm"]).astype(np.float32)
     maps["csf_level"] = float((maps["t1"] * csf).sum() / max(csf.sum(), 1e-6))
+    maps["csf"] = csf
+    # T1 of white matter, the unit of the simulated sequences' signals; the fourth power of
+    # the WM map weights it towards pure WM, away from partial-volume edges.
+    wm4 = maps["wm"] ** 4
+    maps["wm_level"] = float((maps["t1"] * wm4).sum() / max(wm4.sum(), 1e-6))
 
     # Ventricle centre: CSF-weighted centroid near the lateral ventricles (1 mm template).
     gm1 = np.asarray(nib.load(str(folder / GM_FILE)).dataobj, dtype=np.float32) / 255
@@ -232,17 +272,20 @@ def _smri_templates(shape: tuple[int, int, int]) -> dict:
     return maps
 
 
-def _smri_subject(tpl: dict, shape, rng: np.random.Generator, severity: float) -> np.ndarray:
-    """One simulated T1 volume (int16-ready intensities, background exactly 0)."""
+def _sample(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
+    return ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+
+
+def _smri_anatomy(tpl: dict, shape, rng: np.random.Generator, severity: float) -> dict:
+    """The draws every sequence of one subject shares: grey-matter contrast, GM loss, and the
+    sampling coordinates ``(3, D, H, W)`` of pose, deformation and ventricle change, plus
+    the subject's brain mask."""
     voxel = tpl["voxel"]
-    t1 = tpl["t1"]
     # Natural variation every subject has: grey-matter contrast and ventricle size.
     gm_var = 0.04 * rng.standard_normal()
     vent_var = 0.04 * rng.standard_normal()
-    loss = ATROPHY_AT_1 * severity
-    img = t1 * (1.0 + gm_var * tpl["gm"]) - loss * tpl["atrophy_weight"] * (t1 - tpl["csf_level"])
 
     grid = np.indices(shape, dtype=np.float32)
     centre = (np.asarray(shape, dtype=np.float32) - 1) / 2
@@ -264,15 +307,176 @@ def _smri_subject(tpl: dict, shape, rng: np.random.Generator, severity: float) -
     sig = 24.0 / voxel
     w = np.exp(-(d**2).sum(0) / (2 * sig * sig))
     coords -= (k / (1.0 + k)) * d * w
+    brain = _sample(tpl["brain"], coords) > 0.5
+    return {"gm_var": gm_var, "loss": ATROPHY_AT_1 * severity, "coords": coords, "brain": brain}
 
-    out = ndimage.map_coordinates(img, coords, order=1, mode="constant", cval=0.0)
-    brain = ndimage.map_coordinates(tpl["brain"], coords, order=1, mode="constant", cval=0.0) > 0.5
+
+def _tissue_change(tpl: dict, image: np.ndarray, csf_level: float, anatomy: dict) -> np.ndarray:
+    """The subject's grey-matter contrast and the patient's regional GM loss (towards CSF)
+    applied to a template-space image of any sequence."""
+    return image * (1.0 + anatomy["gm_var"] * tpl["gm"]) - anatomy["loss"] * tpl["atrophy_weight"] * (
+        image - csf_level
+    )
+
+
+def _scanner(image: np.ndarray, brain: np.ndarray, shape, rng: np.random.Generator) -> np.ndarray:
+    """One acquisition of a sampled image: bias field, gain and noise; background exactly 0."""
     bias = np.exp(0.08 * _smooth_field(rng, 1, 4, shape)[0])
     gain = rng.uniform(3.4, 4.6)  # scanner units: brain intensities of a few hundred
     noise = rng.uniform(0.02, 0.04) * 180.0 * gain
-    out = out * bias * gain + noise * rng.standard_normal(shape)
-    out = np.where(brain, np.clip(out, 1.0, None), 0.0)
+    out = image * bias * gain + noise * rng.standard_normal(shape)
+    return np.where(brain, np.clip(out, 1.0, None), 0.0)
+
+
+def _smri_subject(tpl: dict, shape, rng: np.random.Generator, severity: float) -> np.ndarray:
+    """One simulated T1 volume (int16-ready intensities, background exactly 0)."""
+    return _smri_volumes(tpl, shape, rng, severity)["t1"]
+
+
+def _smri_lesion(tpl: dict, shape, rng: np.random.Generator, anatomy: dict) -> dict:
+    """A tumour-like lesion on the subject's grid, in one hemisphere's white matter.
+
+    The tumour is a ball whose radius is modulated by a smooth random field (irregular
+    outline): a necrotic core inside an enhancing rim; oedema reaches a further 4-15 mm,
+    further along white matter than into cortex, and stops at the brain's edge. Each part
+    is at least a voxel thick so coarse grids still show all three.
+
+    Returns:
+        ``labels`` (uint8 ``(D, H, W)``: 0 none, 1 oedema, 2 rim, 3 core), ``weights`` (the
+        three parts' partial-volume fractions, each ``(D, H, W)``) and ``texture`` (a smooth
+        multiplicative heterogeneity of the lesion's signal).
+    """
+    from scipy import ndimage
+
+    voxel = tpl["voxel"]
+    brain = anatomy["brain"]
+    wm = _sample(tpl["wm"], anatomy["coords"])
+    radius = rng.uniform(*LESION_RADIUS_MM)
+    core = radius * rng.uniform(0.4, 0.65)
+    radius = max(radius, core + voxel)
+    oedema = max(rng.uniform(*LESION_OEDEMA_MM), voxel)
+    left = rng.random() < 0.5
+    # The MNI midline is world x = 0; the grid's affine is diagonal (RAS).
+    x = tpl["affine"][0, 0] * np.arange(shape[0]) + tpl["affine"][0, 3]
+    side = ((x < -voxel) if left else (x > voxel))[:, None, None]
+    depth = ndimage.distance_transform_edt(brain) * voxel
+    for ok in (side & (wm > 0.7) & (depth > radius), side & brain, brain):
+        if ok.any():
+            break
+    candidates = np.argwhere(ok)
+    centre = candidates[rng.integers(len(candidates))].astype(np.float32)
+    # Irregularity on a ~15 mm control grid (lesion-sized lumps), in units of its own SD.
+    low = int(np.clip(round(voxel * max(shape) / 15.0), 4, 16))
+    fields = _smooth_field(rng, 3, low, shape)
+    fields /= fields.std(axis=(1, 2, 3), keepdims=True) + 1e-6
+    dist = np.sqrt(((np.indices(shape, dtype=np.float32) - centre.reshape(3, 1, 1, 1)) ** 2).sum(0)) * voxel
+    q = dist / np.clip(1.0 + 0.25 * fields[0], 0.5, 1.5)
+    reach = radius + oedema * np.clip(1.0 + 0.45 * fields[1], 0.2, 1.9) * (0.4 + 0.8 * wm)
+
+    def inside(d: np.ndarray, edge) -> np.ndarray:  # a one-voxel-wide partial-volume edge
+        return np.clip(0.5 + (edge - d) / voxel, 0.0, 1.0) * brain
+
+    w_core = inside(q, core)
+    w_tumour = inside(q, radius)
+    w_all = np.maximum(inside(dist, reach), w_tumour)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[w_all >= 0.5] = 1
+    labels[w_tumour >= 0.5] = 2
+    labels[w_core >= 0.5] = 3
+    return {
+        "labels": labels,
+        "weights": (w_all - w_tumour, w_tumour - w_core, w_core),
+        "texture": 1.0 + 0.08 * fields[2],
+    }
+
+
+def _with_lesion(image: np.ndarray, lesion: dict | None, sequence: str, wm_level: float) -> np.ndarray:
+    """``image`` with the lesion's parts blended in at ``LESION_SIGNAL`` times the sequence's
+    WM level."""
+    if lesion is None:
+        return image
+    w = lesion["weights"]
+    signal = sum(level * part for level, part in zip(LESION_SIGNAL[sequence], w, strict=True))
+    return image * (1.0 - sum(w)) + wm_level * lesion["texture"] * signal
+
+
+def _smri_volumes(
+    tpl: dict,
+    shape,
+    rng: np.random.Generator,
+    severity: float,
+    sequences: tuple[str, ...] = ("t1",),
+    lesion_rng: np.random.Generator | None = None,
+    lesions: float = 0.0,
+    sequence_rng: Callable[[str], np.random.Generator] | None = None,
+) -> dict[str, np.ndarray]:
+    """One subject in each sequence (T1 always), plus ``"lesion"`` (its label map) when the
+    subject drew a lesion. ``rng`` alone draws the anatomy and the T1 acquisition, exactly
+    as before sequences existed; the lesion and the other sequences' acquisitions come
+    from their own streams."""
+    anatomy = _smri_anatomy(tpl, shape, rng, severity)
+    lesion = None
+    if lesion_rng is not None and lesion_rng.random() < lesions:
+        lesion = _smri_lesion(tpl, shape, lesion_rng, anatomy)
+    brain, coords = anatomy["brain"], anatomy["coords"]
+    t1 = _sample(_tissue_change(tpl, tpl["t1"], tpl["csf_level"], anatomy), coords)
+    out = {"t1": _scanner(_with_lesion(t1, lesion, "t1", tpl["wm_level"]), brain, shape, rng)}
+    for name in sequences:
+        if name == "t1":
+            continue
+        if sequence_rng is None:
+            raise ValueError(f"sequence {name!r} needs its own random stream (sequence_rng)")
+        csf_level, gm_level, wm_level = (tpl["wm_level"] * v for v in SEQUENCE_TISSUE[name])
+        image = csf_level * tpl["csf"] + gm_level * tpl["gm"] + wm_level * tpl["wm"]
+        if name == "t1c":
+            image = image + T1C_VESSELS * tpl["wm_level"] * 4.0 * tpl["gm"] * tpl["csf"]
+        image = _sample(_tissue_change(tpl, image, csf_level, anatomy), coords)
+        out[name] = _scanner(_with_lesion(image, lesion, name, wm_level), brain, shape, sequence_rng(name))
+    if lesion is not None:
+        out["lesion"] = lesion["labels"]
     return out
+
+
+def _check_sequences(sequences) -> tuple[str, ...]:
+    if isinstance(sequences, str):
+        raise ValueError(
+            f"sequences must be a list of names from {SMRI_SEQUENCES}, got the string {sequences!r}"
+        )
+    names = tuple(sequences)
+    unknown = [s for s in names if s not in SMRI_SEQUENCES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(
+            f"sequences must be distinct names from {SMRI_SEQUENCES}, at least one, got {list(names)}"
+        )
+    return names
+
+
+def sequence_table(out_dir: str | os.PathLike, sequence: str) -> Path:
+    """The labels table of one sequence of an smri cohort written to ``out_dir``:
+    ``labels.csv`` for T1 (the cohort's main table), ``labels_<sequence>.csv`` otherwise.
+    All tables list the same subjects, labels and order.
+
+    Raises:
+        ValueError: ``sequence`` is not one of ``SMRI_SEQUENCES``.
+    """
+    if sequence not in SMRI_SEQUENCES:
+        raise ValueError(f"sequence must be one of {SMRI_SEQUENCES}, got {sequence!r}")
+    return Path(out_dir) / ("labels.csv" if sequence == "t1" else f"labels_{sequence}.csv")
+
+
+def lesion_mask_path(image: str | os.PathLike) -> Path | None:
+    """The lesion label map of the subject of an smri image (any sequence: a path from any
+    of the cohort's tables), or None when that subject has no lesion.
+
+    The map is ``masks/<sub>_<class>_lesion.nii.gz`` beside ``images/``: uint8, 0 none,
+    1 oedema, 2 enhancing rim, 3 necrotic core (``LESION_LABELS``), on the images' grid.
+    """
+    image = Path(image)
+    stem = image.name.removesuffix(".gz").removesuffix(".nii")
+    for name in SMRI_SEQUENCES[1:]:
+        stem = stem.removesuffix(f"_{name}")
+    mask = image.parent.parent / "masks" / f"{stem}_lesion.nii.gz"
+    return mask if mask.is_file() else None
 
 
 def smri(
@@ -283,6 +487,8 @@ def smri(
     effect: float = 1.0,
     seed: int = 0,
     progress: bool = False,
+    sequences: Sequence[str] = ("t1",),
+    lesions: float = 0.0,
 ) -> Path:
     """Write a simulated 2-class structural MRI cohort ("control", "patient").
 
@@ -300,6 +506,20 @@ def smri(
     per class at 32^3, separates the classes clearly above chance but not perfectly
     (see ``scripts/calibrate_smri.py``).
 
+    Other MR sequences (Han et al., seed 002: T1, T1c, T2, FLAIR) are simulated, not
+    acquired: each is the template's GM, WM and CSF maps weighted by that sequence's
+    approximate tissue signal (``SEQUENCE_TISSUE``: T2 CSF > GM > WM, FLAIR GM > WM > CSF,
+    T1c like T1 with enhancing pial vessels), under the same subject's pose, deformation,
+    ventricle change and GM loss as its T1, with its own bias field, gain and noise. A
+    lesion (in a fraction ``lesions`` of subjects, drawn per subject whatever its class) is
+    a tumour-like region in one hemisphere's white matter: an irregular ball of radius
+    6-15 mm with a necrotic core and an enhancing rim, and 4-15 mm of oedema around it,
+    shown in every sequence with approximate signals (``LESION_SIGNAL``: core dark on
+    T1/T1c and bright on T2, rim bright on T1c only, oedema bright on T2/FLAIR and a
+    little dark on T1). With the defaults the output is byte for byte what it was before
+    sequences and lesions existed; adding sequences never changes T1, and lesions change
+    only the lesioned subjects' T1.
+
     Args:
         out_dir: output folder (created); volumes go to ``out_dir/images/``.
         n_per_class: subjects per class (>= 1).
@@ -307,25 +527,54 @@ def smri(
         effect: patient effect size (0 makes the classes indistinguishable).
         seed: random seed.
         progress: show a tqdm bar.
+        sequences: distinct names from ``("t1", "t1c", "t2", "flair")``. T1 is always
+            written (``images/<sub>_<class>.nii.gz``, ``labels.csv``); every other one as
+            ``images/<sub>_<class>_<sequence>.nii.gz`` with its table
+            ``labels_<sequence>.csv`` (same rows; see :func:`sequence_table`).
+        lesions: fraction in [0, 1] of subjects with a lesion; each lesion's label map goes
+            to ``masks/<sub>_<class>_lesion.nii.gz`` (see :func:`lesion_mask_path`).
 
     Returns:
         The labels table ``out_dir/labels.csv`` (columns path, label, subject).
 
     Raises:
-        ValueError: bad ``n_per_class``, ``shape`` or ``effect``.
+        ValueError: bad ``n_per_class``, ``shape``, ``effect``, ``sequences`` or ``lesions``.
     """
     shape = _check_shape(shape, minimum=8)
     n_per_class = _check_count(n_per_class)
     if not np.isfinite(effect) or effect < 0:
         raise ValueError(f"effect must be a finite number >= 0, got {effect}")
+    names = _check_sequences(sequences)
+    if not 0.0 <= float(lesions) <= 1.0:
+        raise ValueError(f"lesions must be a fraction in [0, 1], got {lesions}")
+    extra = tuple(s for s in names if s != "t1")
     tpl = _smri_templates(shape)
 
-    def draw(class_idx: int, rng: np.random.Generator) -> np.ndarray:
+    def draw(class_idx: int, stream: Callable[..., np.random.Generator]) -> dict[str, np.ndarray]:
+        rng = stream(0)
         severity = effect * rng.uniform(0.6, 1.4) if class_idx == 1 else 0.0
-        return _smri_subject(tpl, shape, rng, severity)
+        return _smri_volumes(
+            tpl,
+            shape,
+            rng,
+            severity,
+            extra,
+            lesion_rng=stream(2),
+            lesions=float(lesions),
+            sequence_rng=lambda name: stream(3, SMRI_SEQUENCES.index(name)),
+        )
 
     return _write_cohort(
-        Path(out_dir), SMRI_CLASSES, n_per_class, seed, draw, tpl["affine"], np.int16, "smri", progress
+        Path(out_dir),
+        SMRI_CLASSES,
+        n_per_class,
+        seed,
+        draw,
+        tpl["affine"],
+        np.int16,
+        "smri",
+        progress,
+        sequences=("t1", *extra),
     )
 
 
@@ -431,8 +680,8 @@ def fmri(
         raise ValueError(f"noise must be > 0, got {noise}")
     tpl = _fmri_templates(shape)
 
-    def draw(class_idx: int, rng: np.random.Generator) -> np.ndarray:
-        return _fmri_subject(tpl, FMRI_CLASSES[names[class_idx]], shape, rng, float(noise))
+    def draw(class_idx: int, stream: Callable[..., np.random.Generator]) -> np.ndarray:
+        return _fmri_subject(tpl, FMRI_CLASSES[names[class_idx]], shape, stream(1), float(noise))
 
     return _write_cohort(
         Path(out_dir),
@@ -472,27 +721,49 @@ def _write_cohort(
     classes,
     n_per_class: int,
     seed: int,
-    draw: Callable[[int, np.random.Generator], np.ndarray],
+    draw: Callable[[int, Callable[..., np.random.Generator]], np.ndarray | dict[str, np.ndarray]],
     affine: np.ndarray,
     dtype,
     kind: str,
     progress: bool,
     folder: str = "images",
+    sequences: tuple[str, ...] = ("",),
 ) -> Path:
+    """Draw and write every subject; returns the main table.
+
+    ``draw(class_idx, stream)`` gets ``stream(*key)``, the subject's random generator for
+    ``key`` (seeded by ``(seed, class_idx, subject_idx, *key)``), and returns its volume, or
+    a dict of volumes keyed by ``sequences``: the first is the main one
+    (``<sub>_<class>.nii.gz`` in ``labels.csv``), each other one is written as
+    ``<sub>_<class>_<name>.nii.gz`` and listed in ``labels_<name>.csv``. A ``"lesion"``
+    entry goes to ``masks/<sub>_<class>_lesion.nii.gz`` (uint8); without one, a mask of
+    that name left by an earlier run is removed.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
+    tables: dict[str, list[Record]] = {name: [] for name in sequences}
     bar = _progress(len(classes) * n_per_class, f"{kind} cohort", progress)
     subject = 0
     for c, name in enumerate(classes):
         for j in range(n_per_class):
             subject += 1
             sub = f"sub-{subject:04d}"
-            rng = np.random.default_rng([seed, c, j, 0 if kind == "smri" else 1])
-            vol = draw(c, rng)
-            path = save_volume(vol, affine, out_dir / folder / f"{sub}_{name}.nii.gz", dtype=dtype)
-            records.append(Record(path=path, label=name, subject=sub))
+            drawn = draw(c, lambda *key, c=c, j=j: np.random.default_rng([seed, c, j, *key]))
+            vols = drawn if isinstance(drawn, dict) else {sequences[0]: drawn}
+            for k, seq in enumerate(sequences):
+                tail = f"_{seq}" if k else ""
+                path = save_volume(
+                    vols[seq], affine, out_dir / folder / f"{sub}_{name}{tail}.nii.gz", dtype=dtype
+                )
+                tables[seq].append(Record(path=path, label=name, subject=sub))
+            mask = out_dir / "masks" / f"{sub}_{name}_lesion.nii.gz"
+            if "lesion" in vols:
+                save_volume(vols["lesion"], affine, mask, dtype=np.uint8)
+            elif mask.exists():
+                mask.unlink()
             if bar is not None:
                 bar.update()
     if bar is not None:
         bar.close()
-    return write_table(records, out_dir / "labels.csv")
+    for seq in sequences[1:]:
+        write_table(tables[seq], out_dir / f"labels_{seq}.csv")
+    return write_table(tables[sequences[0]], out_dir / "labels.csv")
