@@ -30,19 +30,22 @@ class GenerativeModel(nn.ModuleDict):
         latent_dim: size of the latent code.
         family: the training recipe that drives the model (``"gan"``, ``"alpha"``,
             ``"vae-gan"``, ...: any name a recipe is registered under).
-        loss: the adversarial loss of the model's paper (``"wgan-gp"``,
+        loss: the adversarial loss of the model's paper (``"wgan-gp"``, ``"wgan"``,
             ``"standard"``, ``"hinge"``); the recipe checks it.
         networks: the networks by name, in the order the paper's training step
             updates them. By convention ``generator`` maps ``z (N, latent_dim)``
-            (and ``labels (N,)`` for a conditional model) to ``x (N, 1, D, H, W)``.
+            (and ``labels (N,)`` for a conditional model) to ``x (N, channels, D, H, W)``
+            (``(N, channels, H, W)`` in 2D).
         num_classes: ``0`` for an unconditional model; else the number of classes a
             conditional generator takes labels from (``0 .. num_classes - 1``).
+        channels: image channels the generator writes (``1`` for every 3D model; the
+            number of MR sequences stacked for a 2D model such as Han et al.'s).
         config: the keyword arguments that rebuild the architecture,
             ``brainkern.models.build_model(**model.config)``, JSON/YAML-able.
 
     Raises:
-        ValueError: no ``generator`` network, an empty ``family`` or ``loss``, or a
-            negative ``num_classes``.
+        ValueError: no ``generator`` network, an empty ``family`` or ``loss``, a
+            negative ``num_classes``, or ``channels < 1``.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class GenerativeModel(nn.ModuleDict):
         networks: Mapping[str, nn.Module],
         num_classes: int = 0,
         config: dict[str, Any] | None = None,
+        channels: int = 1,
     ) -> None:
         super().__init__(networks)
         if "generator" not in self:
@@ -69,6 +73,7 @@ class GenerativeModel(nn.ModuleDict):
         self.family = family
         self.loss = loss
         self.num_classes = _check_count(num_classes, "num_classes", minimum=0)
+        self.channels = _check_count(channels, "channels", minimum=1)
         self.config: dict[str, Any] = (
             dict(config)
             if config is not None
@@ -134,7 +139,7 @@ class GenerativeModel(nn.ModuleDict):
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """``generator(z)`` or ``generator(z, labels)``: ``(N, latent_dim)`` (and ``(N,)``)
-        -> ``(N, 1, D, H, W)``, with autograd, in the current train/eval mode."""
+        -> ``(N, channels, *shape)``, with autograd, in the current train/eval mode."""
         if self.conditional:
             labels = labels if labels is None else labels.to(z.device)
             if labels is None:
@@ -153,7 +158,8 @@ class GenerativeModel(nn.ModuleDict):
         batch_size: int = 16,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """``n`` volumes from the prior, float32 on the CPU, shape ``(n, 1, D, H, W)``.
+        """``n`` volumes (2D: images) from the prior, float32 on the CPU, shape
+        ``(n, channels, *shape)``: ``(n, 1, D, H, W)`` for a 3D model.
 
         The codes come from :meth:`sample_latent` (all ``n`` drawn first, so the
         result does not depend on ``batch_size``); the generator runs without
@@ -187,7 +193,7 @@ class GenerativeModel(nn.ModuleDict):
         finally:
             net.train(was_training)
         if not out:
-            return torch.empty(0, 1, *self.shape, dtype=torch.float32)
+            return torch.empty(0, self.channels, *self.shape, dtype=torch.float32)
         return torch.cat(out)
 
     # -- introspection --------------------------------------------------------------
@@ -208,6 +214,8 @@ class GenerativeModel(nn.ModuleDict):
         left = max(len("network"), *(len(k) for k, _ in rows))
         right = max(len("parameters"), *(len(v) for _, v in rows))
         grid = "x".join(str(s) for s in self.shape)
+        if self.channels != 1:
+            grid += f", {self.channels} channels"
         lines = [
             f"{self.name} (family {self.family}, loss {self.loss}, grid {grid}, latent {self.latent_dim}"
             + (f", {self.num_classes} classes)" if self.conditional else ")"),
@@ -220,6 +228,7 @@ class GenerativeModel(nn.ModuleDict):
         return (
             f"name={self.name!r}, shape={self.shape}, latent_dim={self.latent_dim}, "
             f"family={self.family!r}, loss={self.loss!r}, num_classes={self.num_classes}"
+            + (f", channels={self.channels}" if self.channels != 1 else "")
         )
 
 
