@@ -9,6 +9,9 @@ samples ``G(z)``: the real term is counted once per fake set, so that with
 
 - ``"wgan-gp"``: the Wasserstein critic loss (Arjovsky et al. 2017) with the gradient
   penalty added by the recipe (Gulrajani et al. 2017);
+- ``"wgan"``: the same critic loss without a penalty, the critic kept Lipschitz by
+  clipping its weights instead (Arjovsky et al. 2017; Han et al.'s WGAN, seed 002), which
+  the recipe does after each critic update (``train.weight_clip``);
 - ``"standard"``: the non-saturating GAN loss (Goodfellow et al. 2014), written with
   ``softplus`` on logits (numerically safe);
 - ``"hinge"``: the hinge loss of SN-GANs (Miyato et al. 2018; King et al., seed 003).
@@ -31,7 +34,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("wgan-gp", "standard", "hinge")
+LOSSES = ("wgan-gp", "wgan", "standard", "hinge")
+# The losses whose critic estimates a Wasserstein distance (no sigmoid, no margin).
+WASSERSTEIN = ("wgan-gp", "wgan")
 RECONSTRUCTIONS = ("l1", "mse", "bce")
 # A recipe's reconstruction term per volume: averaged over its voxels, or summed (a log-likelihood).
 RECONSTRUCTION_REDUCTIONS = ("mean", "sum")
@@ -52,7 +57,9 @@ def discriminator_loss(loss: str, real: torch.Tensor, fakes: Sequence[torch.Tens
     """The discriminator's (critic's) loss for real outputs and one or more fake sets.
 
     Args:
-        loss: ``"wgan-gp"``, ``"standard"`` or ``"hinge"``.
+        loss: ``"wgan-gp"``, ``"wgan"``, ``"standard"`` or ``"hinge"`` (the two WGAN
+            losses are the same here: ``k E[D(fake)] - k E[D(real)]`` summed over fake sets;
+            the penalty of ``"wgan-gp"`` is the recipe's).
         real: ``D(x)`` for real samples, ``(N, ...)``.
         fakes: ``D(x_fake)`` for each fake set.
 
@@ -63,7 +70,7 @@ def discriminator_loss(loss: str, real: torch.Tensor, fakes: Sequence[torch.Tens
     if not fakes:
         raise ValueError("discriminator_loss needs at least one fake set")
     k = len(fakes)
-    if loss == "wgan-gp":
+    if loss in WASSERSTEIN:
         return sum(_wide(f).mean() for f in fakes) - k * _wide(real).mean()
     if loss == "standard":
         return k * F.softplus(-_wide(real)).mean() + sum(F.softplus(_wide(f)).mean() for f in fakes)

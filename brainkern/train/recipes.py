@@ -10,9 +10,10 @@ the engine does not change.
 The contract a recipe keeps with the engine:
 
 - ``networks``: the networks a model of the family must have; ``trains``: those it
-  updates. Each trained network gets its own optimiser (Adam), with the run's
-  ``train.lr`` / ``train.betas`` unless ``train.optim.<network>`` overrides them
-  (two time-scale updates). A network of the model that the recipe does not train
+  updates. Each trained network gets its own optimiser (``train.optimizer``: Adam, or
+  RMSprop as in Arjovsky et al.'s WGAN), with the run's ``train.lr`` (and, for Adam,
+  ``train.betas``) unless ``train.optim.<network>`` overrides them (two time-scale
+  updates). A network of the model that the recipe does not train
   must be frozen (no parameter requires a gradient): a trainable network without
   an optimiser is an error at start, never a silently idle network.
 - ``step(batch)`` takes a dict: ``image`` ``(N, 1, D, H, W)``, ``label`` ``(N,)``
@@ -113,6 +114,8 @@ from brainkern.train.objectives import (
     reconstruction_loss,
 )
 
+OPTIMIZERS = ("adam", "rmsprop")
+
 # Reconstruction losses of recipes whose generator ends in tanh ([-1, 1]): binary
 # cross-entropy needs outputs in [0, 1].
 SIGNED_RECONSTRUCTIONS = ("l1", "mse")
@@ -170,8 +173,11 @@ class Recipe:
     Args:
         model: the model.
         train: the ``train`` section of the run configuration (``lr``, ``betas``,
-            ``optim``, ``loss``, ``g_updates``, ``d_updates``, ``lambda_gp``,
-            ``gp_every``, ``amp``, ``dtype``, and the family's own keys, ``options``).
+            ``optim``, ``optimizer``, ``weight_clip``, ``loss``, ``g_updates``,
+            ``d_updates``, ``lambda_gp``, ``gp_every``, ``amp``, ``dtype``, and the
+            family's own keys, ``options``). ``weight_clip = c`` clamps every parameter of
+            every discriminator (each network whose name contains ``"discriminator"``) to
+            ``[-c, c]`` after each of its optimiser steps (Arjovsky et al. 2017's WGAN).
             A recipe that is not ``adversarial`` refuses ``train.loss``.
         device: where the model lives.
         world: the processes of the run (default: this one alone); ``step`` then
@@ -181,8 +187,10 @@ class Recipe:
         ValueError: the model lacks a network the family needs, has a trainable
             network the recipe does not update, ``train.optim`` names a network
             the recipe does not train, the adversarial loss is unknown (or set for
-            a recipe that is not adversarial), or
-            ``train.dtype`` is not float32 / float64 (float64 without autocast).
+            a recipe that is not adversarial), ``train.optimizer`` is unknown,
+            ``train.weight_clip`` is set with ``wgan-gp`` (the penalty replaces clipping)
+            or is not positive, or ``train.dtype`` is not float32 / float64 (float64
+            without autocast).
     """
 
     family = ""
@@ -236,6 +244,8 @@ class Recipe:
         auto_bf16 = amp == "auto" and self.device.type == "cuda" and self.dtype == torch.float32
         self.amp_dtype = torch.bfloat16 if (amp == "bf16" or auto_bf16) else None
         self.hooks: dict[str, list[Callable]] = {kind: [] for kind in HOOKS}
+        self.optimizer = self._choice(train, "optimizer", OPTIMIZERS)
+        self.weight_clip = self._weight_clip(train)
         self.optimizers = self._build_optimizers(train)
         self._critics: dict[str, _Critic] = {}
         self._install_spectral_norm()
@@ -278,6 +288,25 @@ class Recipe:
                     f"{', '.join(self.options) or 'none beyond the common ones'}"
                 )
 
+    def _weight_clip(self, train: dict[str, Any]) -> float | None:
+        clip = self._option(train, "weight_clip")
+        if clip is None:
+            return None
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
+            raise ValueError(f"train.weight_clip must be a number > 0 or None, got {clip!r}")
+        if self.adversarial and self.loss == "wgan-gp":
+            raise ValueError(
+                f"train.weight_clip={clip} with loss 'wgan-gp': the gradient penalty replaces weight "
+                "clipping; use loss 'wgan' to clip, or leave weight_clip unset"
+            )
+        trains = self.networks if self.trains is None else self.trains
+        if not any("discriminator" in name for name in trains):
+            raise ValueError(
+                f"train.weight_clip={clip}: the {self.family!r} recipe of {self.model.name} trains no "
+                f"discriminator to clip (it trains {list(trains)}); leave weight_clip unset"
+            )
+        return float(clip)
+
     def _build_optimizers(self, train: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
         model, family = self.model, self.family
         have = list(model.networks())
@@ -303,14 +332,25 @@ class Recipe:
                 f"it trains {list(trains)}"
             )
         optimizers = {}
+        adam = self.optimizer == "adam"
         for name in trains:
-            opts = {"lr": train["lr"], "betas": train["betas"], **(per_net.get(name) or {})}
-            extra = sorted(set(opts) - {"lr", "betas"})
+            own = {k: v for k, v in (per_net.get(name) or {}).items() if v is not None}
+            allowed = {"lr", "betas"} if adam else {"lr"}
+            extra = sorted(set(own) - allowed)
             if extra:
-                raise ValueError(f"train.optim.{name}: unknown key(s) {extra}; allowed: lr, betas")
-            optimizers[name] = torch.optim.Adam(
-                model[name].parameters(), lr=float(opts["lr"]), betas=tuple(float(b) for b in opts["betas"])
-            )
+                why = "" if adam else " (train.optimizer is 'rmsprop', which has no betas)"
+                raise ValueError(
+                    f"train.optim.{name}: unknown key(s) {extra}; allowed: {', '.join(sorted(allowed))}{why}"
+                )
+            lr = float(own.get("lr", train["lr"]))
+            params = model[name].parameters()
+            if adam:
+                betas = tuple(float(b) for b in own.get("betas", train["betas"]))
+                optimizers[name] = torch.optim.Adam(params, lr=lr, betas=betas)
+            else:
+                # Plain RMSprop (no momentum, PyTorch's smoothing 0.99), as Arjovsky et al. train
+                # the WGAN: momentum-based optimisers made their critic unstable.
+                optimizers[name] = torch.optim.RMSprop(params, lr=lr)
         return optimizers
 
     # -- hooks ------------------------------------------------------------------------
@@ -405,6 +445,19 @@ class Recipe:
             reduce_gradients(self.model[name].parameters(), self.world)
         for name in names:
             self.optimizers[name].step()
+        if self.weight_clip is not None:
+            self._clip(*names)
+
+    def _clip(self, *names: str) -> None:
+        """Arjovsky et al.'s weight clipping: every parameter of each discriminator among
+        ``names`` clamped in place to ``[-weight_clip, weight_clip]`` (BatchNorm's too, as
+        in their code)."""
+        c = self.weight_clip
+        with torch.no_grad():
+            for name in names:
+                if "discriminator" in name:
+                    for p in self.model[name].parameters():
+                        p.clamp_(-c, c)
 
     def _full(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the run's dtype (out of bf16 autocast, or into float64)."""
@@ -539,9 +592,10 @@ class Recipe:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimisers' states and the lazy penalty's call count per critic: what a
-        resumed run needs to continue exactly."""
+        """The optimisers' states (and which optimiser, ``train.optimizer``) and the lazy
+        penalty's call count per critic: what a resumed run needs to continue exactly."""
         return {
+            "optimizer": self.optimizer,
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "penalty_calls": {name: lazy_count(critic) for name, critic in self._critics.items()},
         }
@@ -551,7 +605,14 @@ class Recipe:
 
         Raises:
             KeyError: the optimiser states name other networks than this recipe trains.
+            ValueError: the states are of another optimiser than ``train.optimizer``.
         """
+        saved = state.get("optimizer", "adam") if "penalty_calls" in state else "adam"
+        if saved != self.optimizer:
+            raise ValueError(
+                f"the checkpoint's optimiser states are {saved!r}, this run's train.optimizer is "
+                f"{self.optimizer!r}; resume with train.optimizer={saved}"
+            )
         optimizers = state.get("optimizers", state) if "penalty_calls" in state else state
         missing = set(self.optimizers) ^ set(optimizers)
         if missing:
