@@ -19,7 +19,11 @@
   and MMD^2 on 3D features, beside the trivial baselines, and the PCA picture;
 - :func:`c2st` (``c2st``): a classifier two-sample test of real against synthetic 2D
   slices or 3D volumes (cross-validated accuracy, exact binomial CI, permutation p),
-  the machine observer beside Han et al.'s (seed 002) Visual Turing Test.
+  the machine observer beside Han et al.'s (seed 002) Visual Turing Test;
+- :func:`prepare_session`, :func:`serve`, :func:`read_answers`, :func:`turing_table`,
+  :func:`format_turing_table` (``turing``): that Visual Turing Test as a local web page
+  (durable answers, resumable sessions) and its Table 1 report, also reachable as
+  ``python -m brainkern.evaluate turing SOURCE`` and ``turing-report SESSION``.
 
 What a paper compares with these metrics is an experiment, in
 :mod:`brainkern.experiment`: Kwon et al.'s Table 1 for a training run is
@@ -66,6 +70,11 @@ _EXPORTS = {
     "ms_ssim_diversity": "generation",
     "triplanar_mosaic": "pictures",
     "voxel_sd": "generation",
+    "format_turing_table": "turing",
+    "prepare_session": "turing",
+    "read_answers": "turing",
+    "serve": "turing",
+    "turing_table": "turing",
 }
 
 __all__ = sorted(_EXPORTS)
