@@ -346,3 +346,33 @@ def test_cli_prepares_a_session_from_folders_of_pngs(tmp_path, capsys):
     assert len(meta["items"]) == 6 and meta["image_shape"] == [1, 8, 8]
     assert evaluate_main(["turing", str(tmp_path / "synthetic"), "--no-serve"]) == 2
     assert "give --real DIR" in capsys.readouterr().err
+
+
+def test_a_3d_run_gives_held_out_volumes_beside_its_samples(tmp_path, monkeypatch):
+    pytest.importorskip("nibabel")
+    from brainkern.train import config
+    from brainkern.train.engine import Trainer
+
+    monkeypatch.setenv("BRAINKERN_CACHE", str(tmp_path / "cache"))
+    cfg = config.resolve(
+        "quick",
+        [
+            {
+                "model": {"latent_dim": 8, "width": 4, "code_hidden": 16},
+                "data": {"n_per_class": 4, "shape": [16, 16, 16], "cohort_shape": [16, 16, 16], "folds": 2},
+                "train": {"iters": 1, "batch_size": 2, "threads": 1},
+                "log": {"every": 1, "checkpoint_every": 1, "n_samples": 0},
+            }
+        ],
+    )
+    Trainer(cfg, tmp_path / "run", progress=False, log=None).fit()
+    code = evaluate_main(
+        ["turing", str(tmp_path / "run"), "--n", "3", "--pool", "4", "--no-serve", "--view", "triplanar"]
+    )
+    assert code == 0
+    (session,) = tmp_path.glob("turing-run-*")
+    meta = _meta(session)
+    assert meta["kind"] == "3d" and meta["view"] == "triplanar" and meta["window"] == [-1.0, 1.0]
+    assert meta["real_images"].startswith("held-out test volumes (4,")
+    with np.load(session / "images.npz") as z:
+        assert z["real"].shape == z["synthetic"].shape == (4, 1, 16, 16, 16)
