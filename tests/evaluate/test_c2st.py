@@ -92,3 +92,15 @@ def test_bad_inputs_raise_clear_errors():
         c2st(a, a, groups=np.arange(5))
     with pytest.raises(ValueError, match="spatial"):
         c2st(a, a, spatial=3)
+
+
+def test_the_quadratic_feature_catches_a_collapsed_set_the_linear_test_misses():
+    # The mean image (plus a trace of noise) sits at the centre of the real cloud: no
+    # hyperplane separates it, the squared distance from the centre does.
+    rng = np.random.default_rng(5)
+    real = _smooth_images(rng, 80, (8, 8))
+    collapsed = np.repeat(real.mean(0, keepdims=True), 80, 0) + 0.01 * rng.standard_normal((80, 8, 8))
+    linear = c2st(real, collapsed, permutations=0, seed=0)
+    quadratic = c2st(real, collapsed, permutations=0, seed=0, quadratic=True)
+    assert linear.ci_low < 0.5 < linear.ci_high
+    assert quadratic.accuracy > 0.75 and quadratic.ci_low > 0.5
