@@ -20,7 +20,9 @@ up in sagittal and coronal slices, anterior up in axial ones.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -241,6 +243,72 @@ class SliceDataset(Dataset):
             "source": paths[0] if len(paths) == 1 else paths,
         }
         return item if self.transform is None else self.transform(item)
+
+    # ------------------------------------------------------------------ run metadata
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(S, S)``: the side of the square images (``size``), or the slices' own ``(rows, cols)``."""
+        if self.size is not None:
+            return (self.size, self.size)
+        dims = [d for a, d in enumerate(self.datasets[0].shape) if a != self.axis]
+        return (dims[1], dims[0]) if self.upright else (dims[0], dims[1])
+
+    @property
+    def channels(self) -> int:
+        """``C``: the number of sequences stacked as channels."""
+        return len(self.datasets)
+
+    @property
+    def paths(self) -> list:
+        """The source file of each 3D volume (of the first sequence), indexed like the 3D data sets."""
+        return list(self.datasets[0].paths)
+
+    @property
+    def subjects(self) -> list:
+        """The subject of each 3D volume, indexed like the 3D data sets."""
+        return list(self.datasets[0].subjects)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The affine of the 3D grid the slices are cut from."""
+        return self.datasets[0].affine
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The 3D preprocessing of the first sequence and the slicing settings, for a run's record."""
+        return {
+            "volumes": self.datasets[0].config,
+            "sequences": len(self.datasets),
+            "plane": self.plane,
+            "slices": [self.start, self.stop],
+            "size": self.size,
+            "upright": self.upright,
+        }
+
+    def save(self, image: Any, path: str | os.PathLike, *, value_range: tuple[float, float] = (-1.0, 1.0)):
+        """Write one image ``(C, S, S)`` as an 8-bit grey PNG, the channels side by side,
+        ``value_range`` mapped to 0..255 (clipped), the same rule for every image.
+
+        Returns:
+            The path written.
+
+        Raises:
+            ValueError: not a ``(C, S, S)`` or ``(S, S)`` image.
+        """
+        from PIL import Image
+
+        x = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float64)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3:
+            raise ValueError(f"save: expected an image (C, S, S) or (S, S), got shape {x.shape}")
+        low, high = value_range
+        grey = np.clip(np.round((x - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(list(grey), axis=1)).save(path)
+        return path
 
     def __repr__(self) -> str:
         return (

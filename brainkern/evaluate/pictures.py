@@ -69,6 +69,16 @@ def _centre_slices(vol: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return vol[x].T, vol[:, y, :].T, vol[:, :, z].T
 
 
+def _check_layout(rows, n_per_row, vmin: float, vmax: float, empty: str) -> None:
+    """The arguments every picture of sets shares: some rows, a count per row, a grey range."""
+    if not rows:
+        raise ValueError(empty)
+    if isinstance(n_per_row, bool) or int(n_per_row) != n_per_row or n_per_row < 1:
+        raise ValueError(f"n_per_row must be an integer >= 1, got {n_per_row!r}")
+    if not vmin < vmax:
+        raise ValueError(f"vmin must be below vmax, got vmin={vmin}, vmax={vmax}")
+
+
 def triplanar_mosaic(
     rows: Mapping[str, torch.Tensor | np.ndarray],
     path: str | os.PathLike,
@@ -105,12 +115,7 @@ def triplanar_mosaic(
     """
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    if not rows:
-        raise ValueError("triplanar_mosaic needs at least one row of volumes")
-    if isinstance(n_per_row, bool) or int(n_per_row) != n_per_row or n_per_row < 1:
-        raise ValueError(f"n_per_row must be an integer >= 1, got {n_per_row!r}")
-    if not vmin < vmax:
-        raise ValueError(f"vmin must be below vmax, got vmin={vmin}, vmax={vmax}")
+    _check_layout(rows, n_per_row, vmin, vmax, "triplanar_mosaic needs at least one row of volumes")
     sets = {str(name): _as_volumes(v, str(name), int(n_per_row)) for name, v in rows.items()}
     columns = max(v.shape[0] for v in sets.values())
     # Panel widths follow the largest extent along each displayed horizontal axis
@@ -157,6 +162,92 @@ def triplanar_mosaic(
                     )
                 if c == 0 and k == 0:
                     ax.set_ylabel(name, color="white", rotation=0, ha="right", va="center", fontsize=11)
+    if title:
+        fig.suptitle(title, color="white", fontsize=12)
+    return _save(fig, path)
+
+
+def slice_grid(
+    rows: Mapping[str, torch.Tensor | np.ndarray],
+    path: str | os.PathLike,
+    *,
+    channel_names: Sequence[str] | None = None,
+    n_per_row: int = 6,
+    title: str | None = None,
+    vmin: float = -1,
+    vmax: float = 1,
+) -> Path:
+    """One PNG of 2D images from each named set: a row of images per set and channel.
+
+    For Han et al.'s (seed 002) slice models: each set's first ``n_per_row`` images side by
+    side, one row per channel (sequence), labelled ``"<set> <channel>"``; images are shown
+    as they are stored (first row at the top: :class:`brainkern.data.SliceDataset` with
+    ``upright=True`` gives superior up). Grey colour map over ``[vmin, vmax]``.
+
+    Args:
+        rows: name -> images ``(N, C, H, W)`` (torch or numpy), one ``C`` for all sets.
+        path: the PNG to write (parent folders are created).
+        channel_names: a name per channel (default ``"ch0"``, ...; none shown for one channel).
+        n_per_row: images shown per row.
+        title: a figure title.
+        vmin, vmax: the grey scale's range.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ValueError: no rows, an empty set, sets with different channel counts, a wrong
+            number of channel names, ``n_per_row < 1`` or ``vmin >= vmax``.
+    """
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    _check_layout(rows, n_per_row, vmin, vmax, "slice_grid needs at least one set of images")
+    sets = {}
+    for name, images in rows.items():
+        x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        if x.ndim != 4 or x.shape[0] == 0:
+            raise ValueError(f"slice_grid: set {name!r} must be (N, C, H, W) with N >= 1, got {x.shape}")
+        sets[str(name)] = x[: int(n_per_row)].astype(np.float32)
+    channels = {x.shape[1] for x in sets.values()}
+    if len(channels) != 1:
+        raise ValueError(f"slice_grid: every set needs the same number of channels, got {sorted(channels)}")
+    (c_count,) = channels
+    if channel_names is not None and len(channel_names) != c_count:
+        raise ValueError(f"slice_grid: {len(channel_names)} channel names for {c_count} channels")
+    names = list(channel_names) if channel_names is not None else [f"ch{c}" for c in range(c_count)]
+    columns = max(x.shape[0] for x in sets.values())
+    h, w = max(x.shape[2] for x in sets.values()), max(x.shape[3] for x in sets.values())
+    inch = min(max(max(h, w) * 1.4 / 64, 0.9), 2.0) / max(h, w)
+    labels = [f"{name} {names[c]}" if c_count > 1 else name for name in sets for c in range(c_count)]
+    label_w = 0.25 + 0.085 * max(len(t) for t in labels)
+    n_rows = len(sets) * c_count
+    fig_w = columns * w * inch * 1.05 + label_w
+    fig_h = n_rows * h * inch * 1.06 + (0.5 if title else 0.15)
+    fig = Figure(figsize=(fig_w, fig_h), dpi=100, facecolor="black")
+    grid = fig.add_gridspec(
+        n_rows,
+        columns,
+        left=label_w / fig_w,
+        right=0.995,
+        bottom=0.01,
+        top=1 - (0.45 if title else 0.1) / fig_h,
+        wspace=0.03,
+        hspace=0.04,
+    )
+    for s, x in enumerate(sets.values()):
+        for c in range(c_count):
+            r = s * c_count + c
+            for k in range(columns):
+                ax = fig.add_subplot(grid[r, k])
+                ax.set_facecolor("black")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                if k < x.shape[0]:
+                    ax.imshow(x[k, c], cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+                if k == 0:
+                    ax.set_ylabel(labels[r], color="white", rotation=0, ha="right", va="center", fontsize=10)
     if title:
         fig.suptitle(title, color="white", fontsize=12)
     return _save(fig, path)

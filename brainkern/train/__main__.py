@@ -1,4 +1,4 @@
-"""``python -m brainkern.train``: train a 3D generator of brain volumes.
+"""``python -m brainkern.train``: train a 3D generator of brain volumes (or a 2D one of slices).
 
     python -m brainkern.train                          # the quick preset on the embedded cohort
     python -m brainkern.train --preset kwon2019-alpha-wgan-gp --data labels.csv
@@ -166,6 +166,7 @@ def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple
 
 
 def _train(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path, world) -> int:
+    from brainkern.experiment.han import SliceReport
     from brainkern.experiment.kwon import RunReport
     from brainkern.train.distributed import RankFailed
     from brainkern.train.engine import Diverged, Interrupted, Trainer
@@ -183,7 +184,12 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path, world) 
             run_dir,
             resume=args.resume_from if args.resume else False,
             progress=not args.quiet,
-            callbacks=[RunReport(evaluate=cfg["evaluate"]["enabled"], progress=not args.quiet)],
+            # 2D slice runs (Han et al.) get their own pictures and machine-observer report.
+            callbacks=[
+                (SliceReport if cfg["data"]["slices"] else RunReport)(
+                    evaluate=cfg["evaluate"]["enabled"], progress=not args.quiet
+                )
+            ],
         )
         trainer.fit()
     except Interrupted as exc:
@@ -201,7 +207,8 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path, world) 
     if not world.is_main:
         return 0
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - wall:.0f} s wall)")
-    for what, sub in (("samples (NIfTI)", "samples"), ("pictures (PNG)", "pictures")):
+    kind = "samples (PNG)" if cfg["data"]["slices"] else "samples (NIfTI)"
+    for what, sub in ((kind, "samples"), ("pictures (PNG)", "pictures")):
         if (run_dir / sub).is_dir():
             print(f"  {what:16s} {run_dir / sub}")
     if (run_dir / "report.md").is_file():

@@ -31,8 +31,11 @@ def cohort_table(data: dict[str, Any], *, progress: bool = True) -> Path:
     kind = data["cohort"]
     shape = tuple(data.get("cohort_shape") or data["shape"])
     tag = f"{kind}-n{data['n_per_class']}-{'x'.join(map(str, shape))}-s{data['cohort_seed']}"
+    sequences, lesions = _cohort_sequences(data), float(data.get("lesions") or 0.0)
     if kind == "smri":
         tag += f"-e{float(data['effect']):g}"
+        # Cohorts of T1 alone without lesions keep the names they had before sequences existed.
+        tag += ("-mr4" if sequences != ("t1",) else "") + (f"-l{lesions:g}" if lesions else "")
     else:  # cohorts made before these keys existed keep their names
         n_classes, noise = int(data.get("n_classes", 4)), float(data.get("noise", 1.0))
         tag += (f"-c{n_classes}" if n_classes != 4 else "") + (f"-z{noise:g}" if noise != 1.0 else "")
@@ -47,7 +50,7 @@ def cohort_table(data: dict[str, Any], *, progress: bool = True) -> Path:
         n_per_class=int(data["n_per_class"]), shape=shape, seed=int(data["cohort_seed"]), progress=progress
     )
     if kind == "smri":
-        cohorts.smri(tmp, effect=float(data["effect"]), **kwargs)
+        cohorts.smri(tmp, effect=float(data["effect"]), sequences=sequences, lesions=lesions, **kwargs)
     else:
         cohorts.fmri(
             tmp, n_classes=int(data.get("n_classes", 4)), noise=float(data.get("noise", 1.0)), **kwargs
@@ -57,6 +60,42 @@ def cohort_table(data: dict[str, Any], *, progress: bool = True) -> Path:
     except OSError:  # another run finished first: use its cohort
         shutil.rmtree(tmp, ignore_errors=True)
     return table
+
+
+def _cohort_sequences(data: dict[str, Any]) -> tuple[str, ...]:
+    """The sequences the smri cohort is simulated with: T1 alone, or all four of Han et al.
+    when a run asks for any other (one cohort folder then serves every choice of them).
+
+    Raises:
+        ValueError: sequences other than T1, or lesions, asked of a cohort other than smri.
+    """
+    wanted = tuple(data.get("sequences") or ("t1",))
+    if data.get("cohort") != "smri" and (wanted != ("t1",) or float(data.get("lesions") or 0.0)):
+        source = f"the {data['cohort']} cohort" if data.get("cohort") else "a labels table"
+        raise ValueError(
+            f"data.sequences={list(wanted)} / data.lesions={data.get('lesions')}: only the embedded smri "
+            f"cohort simulates MR sequences and lesions; {source} gives one image per subject "
+            "(leave data.sequences=[t1] and data.lesions=0)"
+        )
+    return ("t1",) if wanted == ("t1",) else ("t1", "t1c", "t2", "flair")
+
+
+def sequence_tables(data: dict[str, Any], *, progress: bool = True) -> list[Path]:
+    """One labels table per entry of ``data.sequences`` (same subjects, same order), the
+    embedded cohort made first; a labels table or class folder is its own single sequence.
+
+    Raises:
+        FileNotFoundError: ``data.table`` does not exist.
+        ValueError: several sequences asked of data that has one (see ``_cohort_sequences``).
+    """
+    _cohort_sequences(data)
+    source = data_source(data, progress=progress)
+    wanted = list(data.get("sequences") or ("t1",))
+    if data["cohort"] != "smri" or wanted == ["t1"]:
+        return [source]
+    from brainkern.data import cohorts
+
+    return [cohorts.sequence_table(source.parent, s) for s in wanted]
 
 
 def data_source(data: dict[str, Any], *, progress: bool = True) -> Path:
@@ -168,27 +207,60 @@ def load_run_data(data: dict[str, Any], *, progress: bool = True):
         FileNotFoundError: ``data.table`` (or ``data.split_file``) does not exist.
         ValueError: a split that does not fit the data (see :func:`make_split`).
     """
-    from brainkern.data import VolumeDataset
+    from brainkern.data import SliceDataset, VolumeDataset
 
-    records = read_records(data_source(data, progress=progress))
+    tables = sequence_tables(data, progress=progress)
+    per_sequence = [read_records(t) for t in tables]
+    records = per_sequence[0]
     split = make_split(records, data)
+    slices = data.get("slices")
+    if slices is None and len(tables) > 1:
+        raise ValueError(
+            f"data.sequences={data['sequences']}: the 3D models take one sequence; stack several as "
+            "channels of 2D slices (data.slices, Han et al.'s models) or pick one"
+        )
     cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else cache_root() / "datasets"
-    dataset = VolumeDataset(
-        records,
-        shape=tuple(data["shape"]),
-        scale=data.get("scale", "[-1,1]"),
-        clip=tuple(data["clip"]) if data.get("clip") else None,
-        trim=bool(data["trim"]),
-        fit_on=None if split is None else split["parts"]["train"],
-        cache_dir=cache,
-        progress=progress,
+    datasets = [
+        VolumeDataset(
+            recs,
+            shape=tuple(data["shape"]),
+            scale=data.get("scale", "[-1,1]"),
+            clip=tuple(data["clip"]) if data.get("clip") else None,
+            trim=bool(data["trim"]),
+            fit_on=None if split is None else split["parts"]["train"],
+            cache_dir=cache,
+            progress=progress,
+        )
+        for recs in per_sequence
+    ]
+    if slices is None:
+        return split, datasets[0]
+    # Every slice of every volume; the split stays one of volumes (subjects), and
+    # training_indices / evaluation_indices turn it into slices.
+    rng = tuple(slices["range"]) if slices.get("range") else None
+    dataset = SliceDataset(
+        datasets,
+        slices.get("plane") or "sagittal",
+        rng,
+        central=None if rng else slices.get("central"),
+        size=slices.get("size"),
+        upright=True,
     )
     return split, dataset
 
 
+def _items_of_volumes(dataset, volumes) -> np.ndarray:
+    """The items of ``dataset`` cut from the 3D volumes ``volumes`` (a split part): the
+    volumes themselves for a volume data set, their slices for a slice data set."""
+    volumes = np.asarray(volumes, dtype=np.int64)
+    if not hasattr(dataset, "volume_indices"):
+        return volumes
+    return np.flatnonzero(np.isin(dataset.volume_indices, volumes)).astype(np.int64)
+
+
 def training_indices(dataset, classes: list[str] | None, split: dict[str, Any] | None = None) -> np.ndarray:
     """Indices of the volumes of ``classes`` (all when ``None``) in the split's training part."""
-    keep = np.arange(len(dataset)) if split is None else np.asarray(split["parts"]["train"], dtype=np.int64)
+    keep = np.arange(len(dataset)) if split is None else _items_of_volumes(dataset, split["parts"]["train"])
     if classes is None:
         return keep
     unknown = sorted(set(classes) - set(dataset.classes))
@@ -219,7 +291,13 @@ def evaluation_indices(
 
 
 def real_volumes(dataset, indices: np.ndarray) -> torch.Tensor:
-    """``(N, 1, D, H, W)`` float32 tensor of the given volumes of a data set (read in file order)."""
+    """``(N, 1, D, H, W)`` float32 tensor of the given volumes of a data set (read in file order);
+    for a slice data set ``(N, C, S, S)``, its images in index order."""
+    if hasattr(dataset, "volume_indices"):
+        order = np.sort(np.asarray(indices, dtype=np.int64))
+        if not len(order):
+            return torch.empty(0, dataset.channels, *dataset.shape)
+        return torch.stack([dataset[int(i)]["image"] for i in order])
     return torch.from_numpy(np.asarray(dataset.volumes[np.sort(indices)], dtype=np.float32)).unsqueeze(1)
 
 

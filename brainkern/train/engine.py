@@ -145,8 +145,24 @@ def build_run_model(cfg: dict[str, Any], device: torch.device, log=None):
     model_cfg = {k: v for k, v in model_cfg.items() if k in accepted}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
-        model = build_model(name, shape=tuple(cfg["data"]["shape"]), **model_cfg)
+        model = build_model(name, **model_grid(cfg["data"]), **model_cfg)
     return model.to(device)
+
+
+def model_grid(data: dict[str, Any]) -> dict[str, Any]:
+    """What a model is built for from the ``data`` section: ``{"shape": (D, H, W)}`` for a 3D
+    run, ``{"shape": (S, S), "channels": C}`` for a 2D run (``data.slices``; one channel per
+    sequence).
+
+    Raises:
+        ValueError: a 2D run without ``data.slices.size``.
+    """
+    slices = data.get("slices")
+    if slices is None:
+        return {"shape": tuple(data["shape"])}
+    if not slices.get("size"):
+        raise ValueError("data.slices.size: a 2D run needs the side of its square images (e.g. 64)")
+    return {"shape": (int(slices["size"]),) * 2, "channels": len(data.get("sequences") or ("t1",))}
 
 
 def with_num_classes(cfg: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
@@ -427,7 +443,9 @@ class Trainer:
     def save_samples(self, n: int, folder: str | os.PathLike | None = None, *, seed: int = 0) -> list[Path]:
         """``n`` generated volumes as NIfTI on the data set's grid: ``samples/sample_###.nii.gz``,
         or for a conditional model ``samples/sample_###_<class>.nii.gz``, the classes in turn
-        (sample ``i`` of class ``i % num_classes``)."""
+        (sample ``i`` of class ``i % num_classes``). A 2D model's images go to
+        ``samples/sample_###.png`` (its channels side by side) and ``samples/samples.npy``
+        ``(n, C, S, S)``."""
         folder = Path(folder) if folder is not None else self.run_dir / "samples"
         gen = torch.Generator().manual_seed(seed)
         labels = torch.arange(n) % self.model.num_classes if self.model.conditional else None
@@ -438,6 +456,14 @@ class Trainer:
         if labels is not None:
             classes = [file_part(self.dataset.classes[int(k)]) for k in labels]
             names = [f"{name}_{cls}" for name, cls in zip(names, classes, strict=True)]
+        if len(self.model.shape) == 2:  # 2D images: PNG (channels side by side) and one array of all
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / "samples.npy", volumes.numpy())
+            low = 0.0 if self.cfg["data"]["scale"] == "[0,1]" else -1.0
+            return [
+                self.dataset.save(v, folder / f"{name}.png", value_range=(low, 1.0))
+                for name, v in zip(names, volumes, strict=True)
+            ]
         return [
             self.dataset.save(v[0].numpy(), folder / f"{name}.nii.gz")
             for name, v in zip(names, volumes, strict=True)
