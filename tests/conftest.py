@@ -11,6 +11,10 @@ Around every test (autouse fixtures):
   marked ``@pytest.mark.threads`` keep the default. The tensors here are tiny, so
   more threads only add contention: a ``gradgradcheck`` took 56.7 s with the
   default threads on a loaded 2-core machine and 1.5 s with one.
+- under Triton's interpreter, its integer-overflow sanitiser is off (see
+  :func:`_drop_unreported_overflow_checks`): with the interpreter's ``debug=False`` it
+  computes checks whose outcome it then discards, and that work was about 60% of every
+  interpreted launch.
 - on a GPU, for tests whose ``backend_device`` is on CUDA: every brainkern op the
   test calls by name runs under ``torch.cuda.set_sync_debug_mode("error")``, so an
   op that makes the host wait for the device fails the test. Only the op calls
@@ -24,6 +28,7 @@ Around every test (autouse fixtures):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Iterator
@@ -33,16 +38,44 @@ import torch
 
 import brainkern.ops as bo
 from brainkern.ops import backends
+from brainkern.ops._backend import interpreter_enabled
 
 _STATUS = backends()
+
+
+def _drop_unreported_overflow_checks() -> bool:
+    """Turn off the interpreter's overflow sanitiser where it reports nothing; True if done.
+
+    Triton 3.x's interpreter runs with ``InterpreterOptions(debug=False,
+    sanitize_overflow=True)``: every 32-bit integer add, sub and mul is redone in int64 and
+    range-checked, and the result goes to ``device_assert``, which returns without looking
+    when ``debug`` is False. The checks cost about 60% of an interpreted launch (a
+    resize_conv3d forward: 0.80 s with them, 0.33 s without) and can never fail a test.
+    With ``debug`` on (where they would report), the options are left alone.
+    ``tests/test_gpu_script.py`` checks that an overflowing kernel passes with the
+    sanitiser on and ``debug`` off (so nothing is lost here), and fails with both on.
+    """
+    if not interpreter_enabled():
+        return False
+    try:
+        from triton.runtime import interpreter  # noqa: PLC0415
+    except ImportError:
+        return False
+    builder = getattr(interpreter, "interpreter_builder", None)
+    options = getattr(builder, "options", None)
+    if options is None or getattr(options, "debug", True) or not getattr(options, "sanitize_overflow", False):
+        return False
+    builder.options = dataclasses.replace(options, sanitize_overflow=False)
+    return True
+
+
+_drop_unreported_overflow_checks()
 
 
 def _param(name: str, device: str):
     status = _STATUS[name]
     marks = [] if status is True else [pytest.mark.skip(reason=f"{name}: {status}")]
     if name == "triton" and device == "cpu":
-        from brainkern.ops._backend import interpreter_enabled
-
         if not interpreter_enabled():
             marks = [pytest.mark.skip(reason="triton on the CPU needs TRITON_INTERPRET=1")]
     if device == "cuda" and not torch.cuda.is_available():
