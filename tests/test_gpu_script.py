@@ -11,13 +11,15 @@ and every stage must leave its line in ``$OUT/summary.md``. The venv needs the
 package registry; it is made once per test session.
 
 Also here, from ``tests/conftest.py``: pytest starts without pytest-benchmark,
-tests run with one intra-op thread, and on a GPU the op calls of CUDA tests run
+tests run with one intra-op thread, Triton's interpreter skips the overflow checks
+that it would not report anyway, and on a GPU the op calls of CUDA tests run
 under ``torch.cuda.set_sync_debug_mode("error")`` (checked here with a stand-in
 for CUDA's switch, since there is no GPU).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -29,6 +31,7 @@ import pytest
 import torch
 
 import brainkern.ops as bo
+from brainkern.ops._backend import interpreter_enabled
 from tests import conftest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,3 +292,47 @@ def test_ops_that_read_the_device_by_design_only_warn(fake_cuda, monkeypatch):
     x = torch.randn(3, 4, dtype=torch.float64)
     torch.testing.assert_close(module.mmd2(x, x + 1), bo.mmd2(x, x + 1))
     assert fake_cuda.history == ["warn", 0]
+
+
+def _overflowing_kernel():
+    """A Triton kernel writing ``(i + 1) * big`` computed in int32 for ``i < BLOCK``."""
+    triton = pytest.importorskip("triton")
+    tl = pytest.importorskip("triton.language")
+
+    @triton.jit
+    def times(out_ptr, big, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, ((offs + 1) * big).to(tl.float32))
+
+    return times
+
+
+def test_the_interpreter_reports_no_overflow_without_debug(monkeypatch):
+    """conftest turns off the interpreter's overflow sanitiser: with debug off, as Triton
+    runs it, the sanitiser's checks are computed and never reported, so nothing is lost."""
+    if not interpreter_enabled():
+        pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1)")
+    interpreter = pytest.importorskip("triton.runtime.interpreter")
+    builder = interpreter.interpreter_builder
+    assert builder.options.debug is False and builder.options.sanitize_overflow is False
+    assert conftest._drop_unreported_overflow_checks() is False  # already off: nothing to do
+
+    kernel = _overflowing_kernel()
+    out = torch.zeros(4)
+    # 2^30 * (1, 2, 3, 4) wraps around in int32 to 2^30, -2^31, -2^30, 0.
+    wrapped = torch.tensor([2.0**30, -(2.0**31), -(2.0**30), 0.0])
+    for sanitize in (True, False):
+        options = dataclasses.replace(builder.options, sanitize_overflow=sanitize)
+        monkeypatch.setattr(builder, "options", options)
+        out.zero_()
+        kernel[(1,)](out, 2**30, BLOCK=4)
+        torch.testing.assert_close(out, wrapped, rtol=0, atol=0)
+
+    # With debug on the sanitiser does report, and conftest would leave it on.
+    debug = dataclasses.replace(builder.options, sanitize_overflow=True, debug=True)
+    monkeypatch.setattr(builder, "options", debug)
+    errors = pytest.importorskip("triton.runtime.errors")
+    with pytest.raises(errors.InterpreterError, match="int32 overflow detected for operation mul"):
+        kernel[(1,)](out, 2**30, BLOCK=4)
+    assert conftest._drop_unreported_overflow_checks() is False
+    assert builder.options is debug
