@@ -30,9 +30,16 @@ COMMANDS = ("turing", "turing-report")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = kwon_cli.build_parser(PROG)
+    parser.add_argument(
+        "--permutations",
+        type=positive_int,
+        default=50,
+        help="2D runs only: permutations of each classifier two-sample test's p-value",
+    )
     parser.epilog = (
-        f"Also: '{PROG} turing SOURCE' (a Visual Turing Test page, Han et al. 2018) and "
-        f"'{PROG} turing-report SESSION' (its table); each has --help."
+        "A 2D run (Han et al.'s slice models) gets its machine-observer table instead (classifier "
+        f"two-sample tests and baselines). Also: '{PROG} turing SOURCE' (a Visual Turing Test page, "
+        f"Han et al. 2018) and '{PROG} turing-report SESSION' (its table); each has --help."
     )
     return parser
 
@@ -94,7 +101,7 @@ def build_report_parser() -> argparse.ArgumentParser:
     parser = _subparser(
         "turing-report",
         "Han et al.'s (2018) Table 1 for a Visual Turing Test session: per rater (and pooled) "
-        "accuracy with its exact 95%% CI and binomial test against 50%%, the four cells, unreadable counts, "
+        "accuracy with its exact 95% CI and binomial test against 50%, the four cells, unreadable counts, "
         "and a classifier two-sample test (machine observer) on the session's images; written to "
         "SESSION/report.md and report.json.",
     )
@@ -193,7 +200,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return turing_main(argv[1:])
     if argv and argv[0] == "turing-report":
         return report_main(argv[1:])
+    args = build_parser().parse_args(argv)  # --help shows the turing commands too
+    if _is_slice_run(Path(args.run_dir)):
+        return _slice_table(args)
+    if "--permutations" in argv:
+        print(
+            "error: --permutations is for 2D runs (Kwon et al.'s table runs no permutation test)",
+            file=sys.stderr,
+        )
+        return 2
     return kwon_cli.main(argv, PROG)
+
+
+def _is_slice_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a 2D run (Han et al.'s slice models: ``data.slices`` set)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # Kwon's path says what is wrong with the folder
+    return bool(isinstance(cfg, dict) and (cfg.get("data") or {}).get("slices"))
+
+
+def _slice_table(args: argparse.Namespace) -> int:
+    """A 2D run's machine-observer table (its classifier two-sample tests and baselines)."""
+    from brainkern.experiment.han import evaluate_slice_run, format_slice_table, verdict
+
+    try:
+        rows, path = evaluate_slice_run(
+            args.run_dir,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            n_generated=args.n_generated,
+            permutations=args.permutations,
+            progress=not args.quiet,
+        )
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_slice_table(rows))
+    print("\n".join(verdict(rows)))
+    print(f"written: {path} and {path.with_name('evaluation.json')}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from brainkern.experiment.kwon import RunReport, intensity_range
 from brainkern.train.data import real_volumes
 from brainkern.train.engine import Trainer
 
-__all__ = ["SliceReport", "evaluate_slices", "format_slice_table", "write_slice_report"]
+__all__ = ["SliceReport", "evaluate_slice_run", "evaluate_slices", "format_slice_table", "write_slice_report"]
 
 # What each row of the table is, in order.
 ROWS = ("model", "mean training image", "pixel Gaussian", "training slices (real vs real)")
@@ -237,29 +237,96 @@ class SliceReport(RunReport):
         if not self.evaluate:
             return
         indices, what = trainer.evaluation_indices()
-        ev = trainer.cfg["evaluate"]
         trainer.log(f"evaluating (classifier two-sample tests and baselines) against {what} ...")
-        rows = evaluate_slices(
+        rows, info = _observe(
             trainer.model,
-            real_volumes(trainer.dataset, indices),
-            _subjects(trainer.dataset, indices),
-            real_volumes(trainer.dataset, trainer.indices),
-            _subjects(trainer.dataset, trainer.indices),
-            n_generated=int(ev["n_generated"]),
+            trainer.cfg,
+            trainer.dataset,
+            indices,
+            trainer.indices,
+            what,
             permutations=self.permutations,
-            seed=int(trainer.cfg["seed"]),
+            iterations=trainer.iteration,
+            train_seconds=trainer.elapsed,
             device=trainer.device,
         )
-        info = {
-            "model": trainer.model.name,
-            "preset": trainer.cfg.get("preset"),
-            "iterations": trainer.iteration,
-            "train_seconds": round(trainer.elapsed, 1),
-            "images": f"{trainer.cfg['data']['slices']['plane']} slices {list(trainer.dataset.shape)}, "
-            f"sequences {', '.join(trainer.cfg['data']['sequences'])}",
-            "real": what,
-        }
         path = write_slice_report(trainer.run_dir, rows, info)
         trainer.log(format_slice_table(rows))
         trainer.log("\n".join(verdict(rows)))
         trainer.log(f"report: {path}")
+
+
+def _observe(
+    model, cfg, dataset, indices, trained_on, what: str, *, permutations, iterations, train_seconds, device
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The machine observer's rows for a 2D run's data, and the report's facts."""
+    rows = evaluate_slices(
+        model,
+        real_volumes(dataset, indices),
+        _subjects(dataset, indices),
+        real_volumes(dataset, trained_on),
+        _subjects(dataset, trained_on),
+        n_generated=int(cfg["evaluate"]["n_generated"]),
+        permutations=permutations,
+        seed=int(cfg["seed"]),
+        device=device,
+    )
+    info = {
+        "model": model.name,
+        "preset": cfg.get("preset"),
+        "iterations": int(iterations),
+        "train_seconds": round(float(train_seconds), 1),
+        "images": f"{cfg['data']['slices']['plane']} slices {list(dataset.shape)}, "
+        f"sequences {', '.join(cfg['data']['sequences'])}",
+        "real": what,
+    }
+    return rows, info
+
+
+def evaluate_slice_run(
+    run_dir: str | os.PathLike,
+    *,
+    checkpoint: str = "last",
+    device: str = "auto",
+    n_generated: int | None = None,
+    permutations: int = 50,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], Path]:
+    """The machine observer's table for the 2D run in ``run_dir``, written beside it
+    (``evaluation.json``, ``report.md``): what :class:`SliceReport` computes at the end of a
+    run, again from a checkpoint.
+
+    Returns:
+        ``(rows, report_path)``.
+
+    Raises:
+        FileNotFoundError: not a run directory, or no such checkpoint.
+        ValueError: the run is not a 2D one (``data.slices`` unset).
+    """
+    from brainkern.train.config import DEFAULTS
+    from brainkern.train.data import evaluation_indices, load_run_data, training_indices
+    from brainkern.train.engine import load_run
+
+    model, cfg, ckpt = load_run(run_dir, checkpoint, device)
+    if not cfg["data"].get("slices"):
+        raise ValueError(f"{run_dir} is a 3D run (data.slices unset): use Kwon et al.'s table")
+    cfg["evaluate"] = {**DEFAULTS["evaluate"], **cfg["evaluate"]}
+    if n_generated is not None:
+        cfg["evaluate"]["n_generated"] = int(n_generated)
+    split, dataset = load_run_data(cfg["data"], progress=progress)
+    indices, what = evaluation_indices(dataset, cfg["data"]["classes"], split)
+    trained_on = training_indices(dataset, cfg["data"]["classes"], split)
+    rows, info = _observe(
+        model,
+        cfg,
+        dataset,
+        indices,
+        trained_on,
+        what,
+        permutations=permutations,
+        iterations=int(ckpt["iter"]),
+        train_seconds=float(ckpt.get("elapsed", 0.0)),
+        device=next(model.parameters()).device,
+    )
+    info["checkpoint"] = checkpoint
+    return rows, write_slice_report(run_dir, rows, info)

@@ -52,7 +52,7 @@ def tiny2d(sequences=("t1", "t2"), **data) -> dict:
                 "log": {
                     "every": 1,
                     "checkpoint_every": 2,
-                    "picture_every": 2,
+                    "picture_every": 4,
                     "n_samples": 3,
                     "n_pictures": 2,
                 },
@@ -96,7 +96,7 @@ def test_a_2d_run_trains_samples_and_reports(tmp_path):
     run = tmp_path / "run"
     from brainkern.experiment.han import ROWS, SliceReport
 
-    trainer = Trainer(tiny2d(), run, progress=False, log=None, callbacks=[SliceReport(permutations=5)])
+    trainer = Trainer(tiny2d(), run, progress=False, log=None, callbacks=[SliceReport(permutations=2)])
     trainer.fit()
     assert trainer.model.shape == (16, 16) and trainer.model.channels == 2
     samples = np.load(run / "samples" / "samples.npy")
@@ -113,6 +113,14 @@ def test_a_2d_run_trains_samples_and_reports(tmp_path):
         assert 0 <= r["ci"][0] <= r["accuracy"] <= r["ci"][1] <= 1
     model, cfg, _ = load_run(run, device="cpu")
     assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 2, 16, 16)
+    assert "C2ST accuracy" in (run / "report.md").read_text()
+    # The evaluation command gives a 2D run this table again (not Kwon et al.'s 3D one).
+    from brainkern.evaluate.__main__ import main as evaluate
+
+    (run / "report.md").unlink()
+    assert evaluate([str(run), "--quiet", "--n-generated", "16", "--permutations", "2"]) == 0
+    again = json.loads((run / "evaluation.json").read_text())
+    assert [r["source"] for r in again["rows"]] == list(ROWS) and again["rows"][0]["n_other"] == 16
     assert "C2ST accuracy" in (run / "report.md").read_text()
 
 
