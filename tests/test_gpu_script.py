@@ -7,8 +7,8 @@ and little else, so the script is run here the same way: in a fresh virtual
 environment holding only torch, with ``GPU_SKIP_CUDA=1`` (no build, no CUDA tests)
 and tiny selections. The Triton tests and the benchmarks must start (on this CPU
 the tests report "no CUDA device" and skip; one benchmark runs once in smoke mode),
-and every stage must leave its line in ``$OUT/summary.md``. The venv needs the
-package registry; it is made once per test session.
+and every stage must leave its line in ``$OUT/summary.md``. The venv's torch is this
+environment's, linked (see ``bare_python``); the set-up stage needs the package registry.
 
 Also here, from ``tests/conftest.py``: pytest starts without pytest-benchmark,
 tests run with one intra-op thread, Triton's interpreter skips the overflow checks
@@ -20,6 +20,7 @@ for CUDA's switch, since there is no GPU).
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -67,20 +68,52 @@ def _run(out: Path, python: str, timeout: float, **knobs: str) -> subprocess.Com
     )
 
 
+def _with_requirements(*names: str) -> list[importlib.metadata.Distribution]:
+    """These distributions of this environment and what they require (no extras), recursively."""
+    from packaging.requirements import Requirement  # noqa: PLC0415
+    from packaging.utils import canonicalize_name  # noqa: PLC0415
+
+    todo, seen, found = list(names), set(), []
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = importlib.metadata.distribution(name)
+        found.append(dist)
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return found
+
+
 @pytest.fixture(scope="session")
 def bare_python(tmp_path_factory) -> str:
-    """A fresh venv with only torch in it (this machine's version; the CPU wheel here)."""
-    venv = tmp_path_factory.mktemp("bare") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    """A fresh venv with only torch (and what torch requires) and pip on its path.
+
+    They are this environment's own copies, linked rather than installed: pip-installing
+    the torch wheel again took 30 s (90 s on a loaded machine) and needed the registry. The
+    links sit in a folder outside the venv that a ``.pth`` file puts on its path, as a GPU
+    image's torch sits outside the project's folders: pip counts them as installed (the
+    constraints keep them) but never uninstalls them, since they lie outside the venv.
+    """
+    root = tmp_path_factory.mktemp("bare")
+    venv, links = root / "venv", root / "linked"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
-    out = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"torch=={TORCH}"],
+    links.mkdir()
+    for dist in _with_requirements("torch", "pip"):
+        for top in {f.parts[0] for f in dist.files or []} - {"..", "__pycache__"}:
+            if not (links / top).exists():
+                (links / top).symlink_to(dist.locate_file(top))
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
         text=True,
-        timeout=600,
-        check=False,
-    )
-    assert out.returncode == 0, f"could not install torch=={TORCH} into a fresh venv:\n{out.stderr[-3000:]}"
+        check=True,
+    ).stdout.strip()
+    (Path(purelib) / "_linked_torch.pth").write_text(f"{links}\n")
     return python
 
 
