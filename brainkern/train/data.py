@@ -285,9 +285,16 @@ def evaluation_indices(
             # training_indices applies data.classes to whichever part it is given.
             idx = training_indices(dataset, classes, {"parts": {"train": held_out}})
             if len(idx):
-                return idx, f"held-out {part} volumes ({len(idx)}, subjects not trained on)"
+                return idx, f"held-out {part} {_what(dataset, idx)}, subjects not trained on)"
     idx = training_indices(dataset, classes, split)
-    return idx, f"training volumes ({len(idx)}; the run has no held-out part)"
+    return idx, f"training {_what(dataset, idx)}; the run has no held-out part)"
+
+
+def _what(dataset, idx: np.ndarray) -> str:
+    """``"volumes (12"`` or, for a slice data set, ``"slices (384 of 12 volumes"``."""
+    if hasattr(dataset, "volume_indices"):
+        return f"slices ({len(idx)} of {len(np.unique(dataset.volume_indices[idx]))} volumes"
+    return f"volumes ({len(idx)}"
 
 
 def real_volumes(dataset, indices: np.ndarray) -> torch.Tensor:
