@@ -121,14 +121,14 @@ def _prepare(args: argparse.Namespace) -> Path:
         if args.real:
             raise ValueError("--real is for a folder SOURCE; a run's real images are its held-out data")
         real, synthetic, facts = turing.run_images(source, count, args.seed)
-        names, window = facts["names"], facts["window"]
+        names, window, groups = facts["names"], facts["window"], facts["groups"]
         notes = {"real_images": facts["real"], "model": facts["model"]}
     elif not args.real:
         raise ValueError(f"{source} is not a run directory (no config.yaml): give --real DIR for a folder")
     else:
         real, real_files = turing.folder_images(args.real, count, args.seed)
         synthetic, _ = turing.folder_images(source, count, args.seed + 1)
-        names, window = None, "percentile"
+        names, window, groups = None, "percentile", None
         notes = {"real_images": f"{len(real_files)} images of {Path(args.real).resolve()}"}
     return turing.prepare_session(
         real,
@@ -143,6 +143,7 @@ def _prepare(args: argparse.Namespace) -> Path:
         window=window,
         pool=args.pool,
         notes=notes,
+        real_groups=groups,
     )
 
 

@@ -233,6 +233,7 @@ def prepare_session(
     window: tuple[float, float] | str = (-1.0, 1.0),
     pool: int = 200,
     notes: dict[str, Any] | None = None,
+    real_groups: Sequence[str] | None = None,
 ) -> Path:
     """Prepare a Visual Turing Test session folder (see the module docstring).
 
@@ -259,6 +260,9 @@ def prepare_session(
             ``images.npz`` for the machine observer.
         notes: extra JSON-able facts recorded in ``session.json`` (e.g. where the real
             images came from).
+        real_groups: the subject of each real image (several slices of one subject):
+            kept with the pools, so the machine observer keeps a subject's images in one
+            cross-validation fold and cannot score by recognising a subject it trained on.
 
     Returns:
         The session folder.
@@ -326,7 +330,10 @@ def prepare_session(
         channel = None if ch is None else (names[ch] if names is not None else f"channel {ch}")
         items.append({"id": token, "file": f"images/{token}.png", "channel": channel})
         key[token] = {"truth": truth, "pool_index": k}
-    np.savez_compressed(out / "images.npz", real=real_a[keep_real], synthetic=syn_a[keep_syn])
+    pools = {"real": real_a[keep_real], "synthetic": syn_a[keep_syn]}
+    if real_groups is not None:
+        pools["real_groups"] = np.asarray([str(g) for g in real_groups])[keep_real]
+    np.savez_compressed(out / "images.npz", **pools)
     _write_json(out / "key.json", {"format": FORMAT, "items": key})
     meta = {
         "format": FORMAT,
@@ -577,6 +584,9 @@ def _machine_observer(session: Path, seed: int, permutations: int) -> dict[str, 
         return {"skipped": "the session has no images.npz"}
     with np.load(path) as z:
         real, synthetic = z["real"], z["synthetic"]
+        groups = z["real_groups"] if "real_groups" in z else None
+    if groups is not None:  # every synthetic image its own group
+        groups = np.concatenate([groups.astype(object), [f"synthetic-{i}" for i in range(len(synthetic))]])
     folds = min(5, len(real), len(synthetic))
     if folds < 2:
         return {
@@ -585,9 +595,15 @@ def _machine_observer(session: Path, seed: int, permutations: int) -> dict[str, 
     from brainkern.evaluate.c2st import c2st  # noqa: PLC0415
 
     result = c2st(
-        real, synthetic, folds=folds, permutations=permutations, spatial=2 if real.ndim == 4 else 3, seed=seed
+        real,
+        synthetic,
+        folds=folds,
+        permutations=permutations,
+        spatial=2 if real.ndim == 4 else 3,
+        groups=groups,
+        seed=seed,
     )
-    return {**result.to_dict(), "folds": folds}
+    return {**result.to_dict(), "folds": folds, "grouped_by_subject": groups is not None}
 
 
 def turing_table(
@@ -721,7 +737,9 @@ def format_turing_table(table: dict[str, Any]) -> str:
             f"C2ST accuracy {_pct(m['accuracy'])}% (95% CI {_pct(m['ci_low'])} - {_pct(m['ci_high'])}), "
             f"permutation p = {m['p_value']:.3g} ({m['permutations']} permutations), {m['folds']}-fold "
             f"cross-validated on the session's pools: {m['n_real']} real vs {m['n_synthetic']} synthetic "
-            "images (all channels), the shown ones among them. 50% again means indistinguishable."
+            "images (all channels), the shown ones among them"
+            + ("; a subject's real images kept in one fold" if m.get("grouped_by_subject") else "")
+            + ". 50% again means indistinguishable."
         )
     lines += [
         "",
@@ -954,7 +972,7 @@ def run_images(
         ``(real, synthetic, facts)``: ``(N, C, S, S)`` slices of a 2D run (turned upright if the
         run's :class:`~brainkern.data.SliceDataset` did not cut them so) or ``(N, 1, D, H, W)``
         volumes of a 3D run, and a dict with ``window``, ``names`` (2D channel names), ``real``
-        (which images) and ``model``.
+        (which images), ``model`` and ``groups`` (the subject of each real image).
 
     Raises:
         FileNotFoundError: not a run directory.
@@ -973,6 +991,13 @@ def run_images(
     pick = np.asarray(idx)[np.random.default_rng(seed).permutation(len(idx))[:count]]
     items = [dataset[int(i)] for i in pick]
     real = torch.stack([it["image"] for it in items]).float()
+    subjects = getattr(dataset, "subjects", None)
+    volume = getattr(dataset, "volume_indices", None)
+    owners = [int(volume[i]) if volume is not None else int(i) for i in pick]
+    groups = [
+        str(subjects[v]) if subjects is not None and subjects[v] is not None else f"volume-{v}"
+        for v in owners
+    ]
     labels = None
     if getattr(model, "conditional", False):
         labels = torch.as_tensor([int(it["label"]) for it in items], dtype=torch.long)
@@ -993,7 +1018,13 @@ def run_images(
     return (
         real_a,
         syn_a,
-        {"window": window, "names": names, "real": desc, "model": cfg.get("model", {}).get("name")},
+        {
+            "window": window,
+            "names": names,
+            "real": desc,
+            "model": cfg.get("model", {}).get("name"),
+            "groups": groups,
+        },
     )
 
 

@@ -122,6 +122,22 @@ def test_a_2d_run_trains_samples_and_reports(tmp_path):
     again = json.loads((run / "evaluation.json").read_text())
     assert [r["source"] for r in again["rows"]] == list(ROWS) and again["rows"][0]["n_other"] == 16
     assert "C2ST accuracy" in (run / "report.md").read_text()
+    # A Visual Turing Test session of the run: held-out slices beside samples, one sequence
+    # per trial, the real slices' subjects kept for the machine observer's folds.
+    session = run.parent / "session"
+    assert (
+        evaluate(["turing", str(run), "--n", "3", "--pool", "8", "--no-serve", "--session", str(session)])
+        == 0
+    )
+    meta = json.loads((session / "session.json").read_text())
+    assert meta["kind"] == "2d" and meta["channel_names"] == ["T1", "T2"]
+    assert meta["real_images"].startswith("held-out test slices (")
+    with np.load(session / "images.npz") as z:
+        assert z["real"].shape == z["synthetic"].shape == (8, 2, 16, 16)
+        assert set(z["real_groups"]) <= set(split["subjects"]["test"])
+    assert evaluate(["turing-report", str(session), "--permutations", "2"]) == 0
+    report = json.loads((session / "report.json").read_text())
+    assert report["machine"]["grouped_by_subject"] is True
 
 
 def test_the_command_line_trains_a_han_preset(tmp_path):
