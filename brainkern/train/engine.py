@@ -667,7 +667,8 @@ class Trainer:
         def end() -> None:
             if self.cfg["log"]["n_samples"]:
                 paths = self.save_samples(int(self.cfg["log"]["n_samples"]))
-                self.log(f"{len(paths)} sample volumes (NIfTI) in {paths[0].parent}")
+                what = "images (PNG, samples.npy)" if len(self.model.shape) == 2 else "volumes (NIfTI)"
+                self.log(f"{len(paths)} sample {what} in {paths[0].parent}")
             for cb in self.callbacks:
                 cb.on_end(self)
 
