@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--permutations",
         type=positive_int,
-        default=50,
+        default=20,
         help="2D runs only: permutations of each classifier two-sample test's p-value",
     )
     parser.epilog = (
