@@ -432,6 +432,12 @@ def _sample_on(world: Any, run_dir: Path, n: int, out: str | Path | None, **o: A
     from brainkern.train.engine import load_run
 
     model, cfg, ckpt = load_run(run_dir, o["checkpoint"], str(distributed.resolve_device(o["device"], world)))
+    two_d = len(model.shape) == 2
+    if two_d and o["format"] != "memmap":
+        raise ValueError(
+            f"{run_dir} is a 2D run ({model.name}, {model.channels} x {model.shape[0]} x {model.shape[1]} "
+            "images): sample it with --format memmap (volumes.npy holds (n, C, S, S)); NIfTI is for volumes"
+        )
     plan, names, spec, total = _label_plan(model, run_dir, n, cfg, o["labels"], o["per_class"])
     shard_size = min(int(o["shard_size"]), total)
     scale = cfg.get("data", {}).get("scale")
@@ -446,10 +452,13 @@ def _sample_on(world: Any, run_dir: Path, n: int, out: str | Path | None, **o: A
         "shard_size": shard_size,
         "format": o["format"],
         "labels": spec,
-        "shape": list(model.shape),
+        # A 2D run's images keep their channels (sequences): (C, S, S).
+        "shape": [model.channels, *model.shape] if two_d else list(model.shape),
         "affine": np.asarray(ckpt["affine"], dtype=np.float64).tolist(),
         "background": {"[0,1]": 0.0, "[-1,1]": -1.0}.get(scale),
     }
+    if two_d:  # only then: a 3D folder's settings stay what they were (reruns compare them)
+        settings["images"] = "2d"
     writer = _Writer(Path(out) if out is not None else run_dir / "generated", settings, names)
     world.on_main(writer.prepare)
     writer.open()
@@ -624,12 +633,13 @@ class _Writer:
         return self.format == "memmap" or all((self.out / row[3]).is_file() for row in marker["rows"])
 
     def write(self, start: int, volumes: Any, labels: Any) -> list[list[Any]]:
-        """Write one batch ``(B, 1, D, H, W)``; its rows ``[index, label, subject, file or row]``."""
+        """Write one batch ``(B, 1, D, H, W)`` (a 2D run's ``(B, C, S, S)``, memmap only); its rows
+        ``[index, label, subject, file or row]``."""
         from brainkern.data.io import save_volume
         from brainkern.train.engine import file_part
 
         rows = []
-        data = volumes[:, 0].numpy()
+        data = volumes.numpy() if volumes.dim() == 4 else volumes[:, 0].numpy()
         if self.format == "memmap":
             self.array[start : start + len(data)] = data
         suffix = ".nii.gz" if self.format == "nifti" else ".nii"

@@ -209,6 +209,11 @@ class VolumeDataset(Dataset):
             raise ValueError(f"{folder} has no index.csv: the sampling run has not finished (rerun it)")
         settings = json.loads((folder / "sampling.json").read_text())
         volumes = np.load(path, mmap_mode="r")
+        if settings.get("images") == "2d":
+            raise ValueError(
+                f"{folder}/volumes.npy holds {volumes.shape} images of a 2D run, not volumes: read it with "
+                "numpy.load(path, mmap_mode='r') ((n, C, S, S), one channel per sequence)"
+            )
         with open(folder / "index.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         if [int(r["row"]) for r in rows] != list(range(len(volumes))):

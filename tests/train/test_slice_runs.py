@@ -138,6 +138,18 @@ def test_a_2d_run_trains_samples_and_reports(tmp_path):
     assert evaluate(["turing-report", str(session), "--permutations", "2"]) == 0
     report = json.loads((session / "report.json").read_text())
     assert report["machine"]["grouped_by_subject"] is True
+    # Streamed sampling keeps a 2D run's channels (memmap only; NIfTI is for volumes).
+    from brainkern.data import VolumeDataset
+    from brainkern.sample import sample_run
+
+    with pytest.raises(ValueError, match="2D run"):
+        sample_run(run, 3, tmp_path / "nifti", progress=False, device="cpu")
+    sample_run(run, 5, tmp_path / "mm", format="memmap", shard_size=2, progress=False, device="cpu")
+    images = np.load(tmp_path / "mm" / "volumes.npy")
+    assert images.shape == (5, 2, 16, 16) and np.isfinite(images).all()
+    assert images[:, 1].std() > 0  # the second sequence is written too
+    with pytest.raises(ValueError, match="images of a 2D run"):
+        VolumeDataset.from_memmap(tmp_path / "mm")
 
 
 def test_the_command_line_trains_a_han_preset(tmp_path):
