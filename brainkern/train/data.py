@@ -209,16 +209,16 @@ def load_run_data(data: dict[str, Any], *, progress: bool = True):
     """
     from brainkern.data import SliceDataset, VolumeDataset
 
-    tables = sequence_tables(data, progress=progress)
-    per_sequence = [read_records(t) for t in tables]
-    records = per_sequence[0]
-    split = make_split(records, data)
     slices = data.get("slices")
-    if slices is None and len(tables) > 1:
+    if slices is None and len(data.get("sequences") or ("t1",)) > 1:  # before any data is made
         raise ValueError(
             f"data.sequences={data['sequences']}: the 3D models take one sequence; stack several as "
             "channels of 2D slices (data.slices, Han et al.'s models) or pick one"
         )
+    tables = sequence_tables(data, progress=progress)
+    per_sequence = [read_records(t) for t in tables]
+    records = per_sequence[0]
+    split = make_split(records, data)
     cache = Path(data["cache_dir"]).expanduser() if data.get("cache_dir") else cache_root() / "datasets"
     datasets = [
         VolumeDataset(
@@ -259,7 +259,8 @@ def _items_of_volumes(dataset, volumes) -> np.ndarray:
 
 
 def training_indices(dataset, classes: list[str] | None, split: dict[str, Any] | None = None) -> np.ndarray:
-    """Indices of the volumes of ``classes`` (all when ``None``) in the split's training part."""
+    """Indices of the items of ``classes`` (all when ``None``) in the split's training part: its
+    volumes, or for a slice data set every slice of them (the split is one of volumes)."""
     keep = np.arange(len(dataset)) if split is None else _items_of_volumes(dataset, split["parts"]["train"])
     if classes is None:
         return keep

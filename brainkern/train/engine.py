@@ -276,6 +276,7 @@ class Trainer:
         self.log = (log if world.is_main else None) or (lambda *a, **k: None)
         self.device = distributed.resolve_device(cfg["train"]["device"], world)
         distributed.local_batch(cfg["train"]["batch_size"], world.size)  # fail before any data work
+        model_grid(cfg["data"])  # likewise: a 2D run without its image size
         dtype = train_dtype(cfg["train"])
         if cfg["train"].get("threads"):
             torch.set_num_threads(int(cfg["train"]["threads"]))
