@@ -65,6 +65,12 @@ DEFAULTS: dict[str, Any] = {
         # central fraction "central" of the planes), "size": side of the square slice images}.
         # None: the run trains on 3D volumes.
         "slices": None,
+        # 2D runs on a stimulus image domain (Seeliger et al.'s image prior; brainkern.reconstruct):
+        # {"domain": "digits" | "natural" | a folder of images, "size": side, "mask": circle mask,
+        #  "seed": patch/stimulus draw, "n": images drawn from the natural domain,
+        #  "stimuli": [n_train, n_test] the experiment's stimuli, kept out of the prior's
+        #  training images (the test ones are the run's held-out part)}. None: brain data.
+        "images": None,
     },
     "train": {
         "iters": 1000,
@@ -78,6 +84,9 @@ DEFAULTS: dict[str, Any] = {
         # WGAN weight clipping: every discriminator parameter clamped to [-c, c] after each of
         # its updates (Arjovsky et al.: 0.01); None: off.
         "weight_clip": None,
+        # Largest gradient norm of each network before its optimiser step (Seeliger et al.: 10);
+        # None: off.
+        "grad_clip": None,
         "loss": None,  # default: the model's own ("wgan-gp", "wgan", "standard" or "hinge")
         "g_updates": 2,  # generator (encoder-generator) updates per iteration
         "d_updates": 1,  # discriminator updates per iteration
@@ -107,6 +116,10 @@ DEFAULTS: dict[str, Any] = {
         # aux_iters real batches (Adam, aux_lr) before the GAN, then frozen; its cross-entropy
         # on the generated volumes, weighted by lambda_cls, joins the generator's loss.
         "lambda_cls": 1.0,
+        # gan family: weight of Salimans et al.'s feature matching in the generator's loss (the
+        # squared distance of the batch means of the discriminator's first-layer features,
+        # real vs generated; the discriminator must have a features() method); 0: off.
+        "feature_matching": 0.0,
         "aux_iters": 500,
         "aux_lr": 2.0e-4,
         "checkpoint": False,  # gradient checkpointing of generator and discriminator blocks

@@ -64,6 +64,18 @@ class _Slices(BaseModel):
     size: Positive | None = None
 
 
+class _Images(BaseModel):
+    """``data.images``: a 2D run on a stimulus image domain (brainkern.reconstruct)."""
+
+    model_config = ConfigDict(extra="forbid")
+    domain: str
+    size: Positive = 64
+    mask: bool = False
+    seed: Int = 0
+    n: Positive | None = None
+    stimuli: tuple[Count, Count] = (0, 0)
+
+
 Sequence = Literal["t1", "t1c", "t2", "flair"]
 
 # (section, key) -> type; "" is the top level.
@@ -90,6 +102,7 @@ TYPES: dict[tuple[str, str], Any] = {
     ("data", "sequences"): Annotated[list[Sequence], Field(min_length=1)],
     ("data", "lesions"): Annotated[float, Field(ge=0, le=1)],
     ("data", "slices"): _Slices | None,
+    ("data", "images"): _Images | None,
     ("train", "iters"): Positive,
     ("train", "batch_size"): Positive,
     ("train", "lr"): NonNegative,
@@ -98,6 +111,8 @@ TYPES: dict[tuple[str, str], Any] = {
     ("train", "loss"): Literal["wgan-gp", "wgan", "standard", "hinge"] | None,
     ("train", "optimizer"): Literal["adam", "rmsprop"],
     ("train", "weight_clip"): Annotated[float, Field(gt=0)] | None,
+    ("train", "grad_clip"): Annotated[float, Field(gt=0)] | None,
+    ("train", "feature_matching"): NonNegative,
     ("train", "g_updates"): Positive,
     ("train", "d_updates"): Positive,
     ("train", "lambda_gp"): NonNegative,
@@ -157,7 +172,11 @@ def _message(exc: ValidationError, prefix: str, model: type[BaseModel]) -> str:
     path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
     if err["type"] == "extra_forbidden":
         # train.optim.<network>.<key>, data.slices.<key>
-        nested = {"optim": _Optim, "slices": _Slices}.get(err["loc"][0]) if len(err["loc"]) > 1 else None
+        nested = (
+            {"optim": _Optim, "slices": _Slices, "images": _Images}.get(err["loc"][0])
+            if len(err["loc"]) > 1
+            else None
+        )
         allowed = ", ".join((nested or model).model_fields)
         text = f"unknown config key {path!r}; allowed keys here: {allowed}"
     else:
