@@ -1,7 +1,7 @@
 """The import rule: a package imports only from the packages above it.
 
 Order, top to bottom: ``data``, ``ops`` (with its Triton ``kernels``), ``nn``,
-``models``, ``augment``, ``train``, ``evaluate``, ``experiment``. Modules at the top of the
+``models``, ``augment``, ``train``, ``evaluate``, ``experiment``, ``reconstruct``. Modules at the top of the
 package (``_ext``, ``_cli``, ``_lazy``) serve every layer. The command lines
 (``__main__`` modules and ``brainkern.sample``) are entry points that wire layers
 together and may import from any of them: that is how ``python -m
@@ -28,6 +28,7 @@ LAYERS = {
     "train": 5,
     "evaluate": 6,
     "experiment": 7,
+    "reconstruct": 8,
 }
 
 
