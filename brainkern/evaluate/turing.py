@@ -26,6 +26,13 @@ window (the data range of a run, [-1, 1] by default) or, for images from folders
 per-image 1st-99th percentile window; a different rule per set would give the answer
 away through brightness alone.
 
+The same machinery serves a second task, ``"task": "pairs"`` in ``session.json`` (a
+session without ``task`` is a Visual Turing Test): Seeliger et al.'s (2018) pairwise
+identification of reconstructions, prepared by :mod:`brainkern.reconstruct.human`. Its
+items add ``left`` and ``right`` (the two candidate pictures shown beneath ``file``, the
+original), the answers are ``left`` / ``right`` (and ``unsure`` when the session allows it)
+and the key holds the side of the true reconstruction.
+
 The server is the standard library's :class:`http.server.ThreadingHTTPServer` serving one
 HTML page with inline script and style (no build step, no outside network), bound to
 127.0.0.1 unless told otherwise.
@@ -56,24 +63,37 @@ import numpy as np
 __all__ = [
     "ANSWERS",
     "HAN2018_TABLE1",
+    "PAIR_ANSWERS",
+    "TASKS",
     "AnswerConflict",
     "TuringServer",
+    "binomial_summary",
     "default_session_dir",
     "folder_images",
     "format_turing_table",
+    "load_session",
+    "pairs_counts",
     "prepare_session",
     "rater_key",
     "rater_order",
     "read_answers",
     "record_answer",
     "run_images",
+    "save_session",
     "serve",
+    "serve_until_stopped",
+    "session_task",
+    "task_answers",
     "turing_table",
+    "write_pictures",
     "write_report",
 ]
 
 FORMAT = "brainkern-turing-1"
 ANSWERS = ("real", "synthetic", "unreadable")
+TASKS = ("turing", "pairs")
+PAIR_ANSWERS = ("left", "right")
+UNSURE = "unsure"  # a pairs session's optional "can't tell" answer
 MAX_NAME = 64
 
 # Han et al. (2018), Table 1: one expert physician, 50 real and 50 synthetic images per row.
@@ -318,15 +338,10 @@ def prepare_session(
         arr = real_a[keep_real[k]] if truth == "real" else syn_a[keep_syn[k]]
         # A single-channel slice shows its channel; a multi-channel one on a panel shows all (None).
         shown = ch if split else (0 if real_a.ndim == 4 and n_channels == 1 else None)
-        pictures.append(_png(_display(arr, shown, view, window)))
-    size = max(len(p) for p in pictures) + 12
+        pictures.append(_display(arr, shown, view, window))
 
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
     items, key = [], {}
-    for (truth, k, ch), data in zip(trials, pictures, strict=True):
-        token = secrets.token_hex(8)
-        (images / f"{token}.png").write_bytes(_pad_png(data, size))
+    for (truth, k, ch), token in zip(trials, write_pictures(out, pictures), strict=True):
         channel = None if ch is None else (names[ch] if names is not None else f"channel {ch}")
         items.append({"id": token, "file": f"images/{token}.png", "channel": channel})
         key[token] = {"truth": truth, "pool_index": k}
@@ -334,7 +349,6 @@ def prepare_session(
     if real_groups is not None:
         pools["real_groups"] = np.asarray([str(g) for g in real_groups])[keep_real]
     np.savez_compressed(out / "images.npz", **pools)
-    _write_json(out / "key.json", {"format": FORMAT, "items": key})
     meta = {
         "format": FORMAT,
         "created": _now(),
@@ -357,12 +371,46 @@ def prepare_session(
         "versions": _versions(),
         **(notes or {}),
     }
+    return save_session(out, meta, key)
+
+
+def write_pictures(out: str | os.PathLike, pictures: Sequence[np.ndarray]) -> list[str]:
+    """Write ``(H, W)`` uint8 pictures as ``out/images/<token>.png`` and return their tokens.
+
+    Each name is a fresh random token and every file is padded to one byte length, so
+    neither names nor sizes say what a picture is.
+    """
+    encoded = [_png(p) for p in pictures]
+    size = max(len(p) for p in encoded) + 12
+    images = Path(out) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    tokens = []
+    for data in encoded:
+        token = secrets.token_hex(8)
+        (images / f"{token}.png").write_bytes(_pad_png(data, size))
+        tokens.append(token)
+    return tokens
+
+
+def save_session(out: str | os.PathLike, meta: dict[str, Any], key: dict[str, dict[str, Any]]) -> Path:
+    """Write a prepared session's ``key.json`` (``key``: item id -> a dict with its ``truth``),
+    ``session.json`` (``meta``, given the package versions if it has none) and an empty
+    ``answers/`` folder; returns the folder."""
+    out = Path(out)
+    meta = meta if "versions" in meta else {**meta, "versions": _versions()}
+    _write_json(out / "key.json", {"format": FORMAT, "items": key})
     _write_json(out / "session.json", meta)
     (out / "answers").mkdir(exist_ok=True)
     return out
 
 
-def _load_session(session: str | os.PathLike) -> dict[str, Any]:
+def load_session(session: str | os.PathLike) -> dict[str, Any]:
+    """A session's ``session.json``.
+
+    Raises:
+        FileNotFoundError: not a session.
+        ValueError: a session of another format.
+    """
     path = Path(session) / "session.json"
     if not path.is_file():
         raise FileNotFoundError(f"{session} has no session.json: not a Turing test session")
@@ -370,6 +418,21 @@ def _load_session(session: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
+
+
+def session_task(meta: dict[str, Any]) -> str:
+    """A session's task: ``"turing"`` (also for sessions written before tasks existed) or ``"pairs"``."""
+    task = meta.get("task", "turing")
+    if task not in TASKS:
+        raise ValueError(f"unknown session task {task!r}; expected one of {TASKS}")
+    return task
+
+
+def task_answers(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The answers a session's items take."""
+    if session_task(meta) == "pairs":
+        return PAIR_ANSWERS + ((UNSURE,) if meta.get("unsure") else ())
+    return ANSWERS
 
 
 def _load_key(session: str | os.PathLike) -> dict[str, str]:
@@ -470,11 +533,12 @@ def record_answer(
         ValueError: a bad rater name, an unknown item or answer.
         AnswerConflict: the item already holds a different answer.
     """
-    meta = _load_session(session)
+    meta = load_session(session)
     if item not in {it["id"] for it in meta["items"]}:
         raise ValueError(f"unknown item {item!r}")
-    if answer not in ANSWERS:
-        raise ValueError(f"answer must be one of {ANSWERS}, got {answer!r}")
+    answers = task_answers(meta)
+    if answer not in answers:
+        raise ValueError(f"answer must be one of {answers}, got {answer!r}")
     if ms is not None and (not isinstance(ms, (int, float)) or isinstance(ms, bool) or not math.isfinite(ms)):
         raise ValueError(f"ms must be a number of milliseconds, got {ms!r}")
     path = _answers_path(session, rater)
@@ -522,7 +586,7 @@ def read_answers(session: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
         FileNotFoundError: not a session.
         ValueError: a line that is not JSON (other than a torn last line).
     """
-    _load_session(session)
+    load_session(session)
     out: dict[str, list[dict[str, Any]]] = {}
     folder = Path(session) / "answers"
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
@@ -535,19 +599,33 @@ def read_answers(session: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
 # ----------------------------------------------------------------------------- the table
 
 
-def _binomial(k: int, total: int) -> dict[str, float | None]:
+def binomial_summary(k: int, total: int, alternative: str = "two-sided") -> dict[str, float | None]:
+    """``k`` of ``total`` as ``accuracy``, its exact (Clopper-Pearson) two-sided 95% interval
+    (``ci_low``, ``ci_high``) and the exact binomial test's ``p_value`` against 50%
+    (``alternative``: ``"two-sided"`` or ``"greater"``); all None when ``total`` is 0."""
     if total == 0:
         return {"accuracy": None, "ci_low": None, "ci_high": None, "p_value": None}
     from scipy.stats import binomtest  # noqa: PLC0415
 
-    test = binomtest(k, total, 0.5)
-    ci = test.proportion_ci(0.95, method="exact")
+    ci = binomtest(k, total, 0.5).proportion_ci(0.95, method="exact")
+    test = binomtest(k, total, 0.5, alternative=alternative)
     return {
         "accuracy": k / total,
         "ci_low": float(ci.low),
         "ci_high": float(ci.high),
         "p_value": float(test.pvalue),
     }
+
+
+def pairs_counts(records: Sequence[dict[str, Any]], key: dict[str, str]) -> dict[str, int]:
+    """A pairs rater's ``answered``, ``unsure``, ``judged`` (left or right) and ``correct`` counts."""
+    correct = unsure = 0
+    for r in records:
+        if r["item"] not in key:
+            raise ValueError(f"answer to item {r['item']!r}, which the session does not hold")
+        unsure += r["answer"] == UNSURE
+        correct += r["answer"] == key[r["item"]]
+    return {"answered": len(records), "unsure": unsure, "judged": len(records) - unsure, "correct": correct}
 
 
 def _row(name: str, records: list[dict[str, Any]], key: dict[str, str], total: int) -> dict[str, Any]:
@@ -574,7 +652,7 @@ def _row(name: str, records: list[dict[str, Any]], key: dict[str, str], total: i
         "unreadable_synthetic": unreadable["synthetic"],
         "judged": judged,
         "correct": correct,
-        **_binomial(correct, judged),
+        **binomial_summary(correct, judged),
     }
 
 
@@ -633,7 +711,12 @@ def turing_table(
         ValueError: unreadable answer files, or no answers from ``rater``.
     """
     session = Path(session)
-    meta = _load_session(session)
+    meta = load_session(session)
+    if session_task(meta) != "turing":
+        raise ValueError(
+            f"{session} is a {session_task(meta)!r} session, not a Visual Turing Test: "
+            "report it with 'python -m brainkern.reconstruct human-report'"
+        )
     key = _load_key(session)
     answers = read_answers(session)
     if rater is not None:
@@ -784,9 +867,12 @@ def _page() -> bytes:
     return resources.files("brainkern.evaluate").joinpath("turing_page.html").read_bytes()
 
 
-def _own_result(session: Path, name: str) -> dict[str, Any]:
+def _own_result(session: Path, name: str, task: str = "turing") -> dict[str, Any]:
     """The finished rater's own row (only then does the key leave the server)."""
     key = _load_key(session)
+    if task == "pairs":
+        counts = pairs_counts(_rater_answers(session, name), key)
+        return {**counts, "accuracy": counts["correct"] / counts["judged"] if counts["judged"] else None}
     row = _row(name.strip(), _rater_answers(session, name), key, len(key))
     return {k: row[k] for k in (*_row_cells(), "accuracy", "unreadable", "judged", "correct", "answered")}
 
@@ -802,8 +888,11 @@ class TuringServer(ThreadingHTTPServer):
 
     def __init__(self, session: Path, address: tuple[str, int]):
         self.session = Path(session)
-        self.meta = _load_session(session)
-        self.files = {Path(it["file"]).name for it in self.meta["items"]}
+        self.meta = load_session(session)
+        self.task = session_task(self.meta)
+        self.files = {
+            Path(it[k]).name for it in self.meta["items"] for k in ("file", "left", "right") if k in it
+        }
         self.page = _page()
         super().__init__(address, _Handler)
 
@@ -837,13 +926,25 @@ class _Handler(BaseHTTPRequestHandler):
         items = rater_order(self.server.meta, name)
         done = {r["item"]: r["answer"] for r in _rater_answers(self.server.session, name)}
         finished = len(done) >= len(items)
+        task = self.server.task
+        if task == "pairs":
+            shown = [
+                {
+                    "id": it["id"],
+                    **{k: "/" + it[f] for k, f in (("src", "file"), ("left", "left"), ("right", "right"))},
+                }
+                for it in items
+            ]
+        else:
+            shown = [{"id": it["id"], "src": "/" + it["file"], "channel": it["channel"]} for it in items]
         return {
             "rater": name.strip(),
+            "task": task,
             "total": len(items),
-            "items": [{"id": it["id"], "src": "/" + it["file"], "channel": it["channel"]} for it in items],
+            "items": shown,
             "answered": done,
             "finished": finished,
-            "result": _own_result(self.server.session, name) if finished else None,
+            "result": _own_result(self.server.session, name, task) if finished else None,
         }
 
     def do_GET(self) -> None:  # noqa: N802 - the base class's name
@@ -855,6 +956,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif url.path.startswith("/images/") and url.path[len("/images/") :] in self.server.files:
                 data = (self.server.session / url.path.lstrip("/")).read_bytes()
                 self._send(200, data, "image/png")
+            elif url.path == "/api/task":  # what the start screen explains, before a name is given
+                self._json(200, {"task": self.server.task, "answers": list(task_answers(self.server.meta))})
             elif url.path == "/api/state":
                 self._json(200, self._state(query.get("rater", [""])[0]))
             else:
@@ -905,6 +1008,27 @@ def serve(session: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000)
         OSError: the address cannot be bound.
     """
     return TuringServer(Path(session), (host, int(port)))
+
+
+def serve_until_stopped(session: str | os.PathLike, host: str, port: int, title: str) -> int:
+    """Serve a session's page until Ctrl-C, printing ``title`` and the URL first; the exit status
+    (2, with the reason on stderr, when the session cannot be served)."""
+    import sys  # noqa: PLC0415
+
+    try:
+        server = serve(session, host, port)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{title} at {server.url}  (session {session}; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    print(f"stopped; answers are in {Path(session) / 'answers'}", flush=True)
+    return 0
 
 
 # ----------------------------------------------------------------------------- sources

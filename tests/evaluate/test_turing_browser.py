@@ -227,3 +227,53 @@ def test_a_rater_takes_a_session_in_chromium(browser, tmp_path, capsys):
     assert [row[f"{t}_as_{a}"] for t in ("real", "synthetic") for a in ("real", "synthetic")] == list(
         cells.values()
     )
+
+
+def test_a_rater_takes_a_pairs_session_in_chromium(browser, tmp_path):
+    """The page as Seeliger et al.'s pairwise identification test: the original above two
+    reconstructions, answered by click, by arrow key and by number key, then the end screen."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from brainkern.reconstruct import human
+
+    rng = np.random.default_rng(0)
+    stimuli = rng.uniform(-1, 1, (3, 8, 8)).astype(np.float32)
+    session = human.prepare_pairs_session(stimuli, -stimuli, tmp_path / "p", repeats=1, scale=8)
+    meta = json.loads((session / "session.json").read_text())
+    key = {k: v["truth"] for k, v in json.loads((session / "key.json").read_text())["items"].items()}
+    truths = [key[it["id"]] for it in turing.rater_order(meta, RATER)]
+    server = turing.serve(session, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        d = browser
+        find = lambda i: d.find_element(By.ID, i)  # noqa: E731
+        wait = WebDriverWait(d, 15)
+
+        def at(k: int) -> None:
+            wait.until(lambda _: find("progress").text == f"{k} / 3" and find("left").is_enabled())
+
+        d.get(server.url)
+        wait.until(lambda _: find("title").text == "Which reconstruction matches?")
+        assert not find("real").is_displayed() and not find("unsure").is_displayed()
+        find("name").clear()
+        find("name").send_keys(RATER, Keys.ENTER)
+        at(1)
+        assert all(find(i).get_property("naturalWidth") == 64 for i in ("target", "left-img", "right-img"))
+        find("left").click()
+        at(2)
+        ActionChains(d).send_keys(Keys.ARROW_RIGHT).perform()
+        at(3)
+        ActionChains(d).send_keys("1").perform()
+        wait.until(lambda _: find("end-screen").is_displayed())
+        given = ["left", "right", "left"]
+        correct = sum(t == g for t, g in zip(truths, given, strict=True))
+        assert find("pairs-correct").text == str(correct) and find("pairs-judged").text == "3"
+        assert not find("end-turing").is_displayed()
+    finally:
+        server.shutdown()
+        server.server_close()
+    records = [json.loads(x) for x in (session / "answers" / "dr~20test.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in records] == given
