@@ -16,13 +16,14 @@ Kwon et al. (2019)'s ``alpha-wgan-gp`` and their baselines ``alpha-gan``,
 ``alpha-sn-gan`` with their conditioning schemes (:mod:`brainkern.models.king`) and
 their hierarchical ``ha-gan`` (Sun et al. 2022) and ``alpha-ha-gan``
 (:mod:`brainkern.models.ha_gan`); Han et al. (2018)'s 2D ``dcgan2d`` and ``wgan2d`` on
-multi-sequence slices (:mod:`brainkern.models.han`); the classifiers ``svm``, ``dnn3d`` and ``vgg3d``
-(:mod:`brainkern.models.classifiers`).
+multi-sequence slices (:mod:`brainkern.models.han`); Seeliger et al. (2018)'s ``seeliger-dcgan``,
+the image prior of their reconstructions of seen images from fMRI (:mod:`brainkern.models.seeliger`);
+the classifiers ``svm``, ``dnn3d`` and ``vgg3d`` (:mod:`brainkern.models.classifiers`).
 """
 
-# ``ha_gan``, ``han``, ``king``, ``kwon``, ``zhuang`` and ``classifiers`` register their models on
-# import (each imports the registry itself).
-from brainkern.models import classifiers, ha_gan, han, king, kwon, zhuang
+# ``ha_gan``, ``han``, ``king``, ``kwon``, ``seeliger``, ``zhuang`` and ``classifiers`` register their
+# models on import (each imports the registry itself).
+from brainkern.models import classifiers, ha_gan, han, king, kwon, seeliger, zhuang
 from brainkern.models.base import GenerativeModel
 from brainkern.models.classifier import Classifier, SklearnClassifier, TorchClassifier
 from brainkern.models.registry import (
@@ -50,5 +51,6 @@ __all__ = [
     "model_parameters",
     "model_summaries",
     "register_model",
+    "seeliger",
     "zhuang",
 ]

@@ -53,6 +53,8 @@ Families:
   generator is updated ``g_updates`` times (a fresh prior sample each), then the
   discriminator ``d_updates`` times. (Kwon et al.'s WGAN-GP code updates the critic
   first, then the generator five times; across iterations the sequence is the same.)
+  ``train.feature_matching`` adds Salimans et al.'s feature matching to the generator's
+  loss (Seeliger et al. 2018); see :class:`GANRecipe`.
 - ``"alpha"`` (E + G + D + C): the alpha-GAN of Rosca et al. (2017) as 3D
   alpha-WGAN-GP (Kwon et al. 2019, eqs. 1-3): encoder and generator trained as
   one network on ``L_E + L_G``, the generator ``g_updates`` times and the encoder
@@ -155,11 +157,19 @@ class _Critic(nn.Module):
     ) -> torch.Tensor:
         """``net(x[, labels], *extra)`` on the hooked ``x`` (``extra``: further inputs the
         hooks leave alone, e.g. the slab position of HA-GAN's ``D^H``)."""
-        recipe = self._recipe[0]
-        for hook in recipe.hooks["critic_input"]:
-            x = hook(x, self.name)
-        net = recipe.model[self.name]
+        net = self._recipe[0].model[self.name]
+        x = self._hooked(x)
         return net(x, *extra) if labels is None else net(x, labels, *extra)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``net.features(x)`` on the hooked ``x``: the features the discriminator's
+        feature matching compares (the network's own method: no labels)."""
+        return self._recipe[0].model[self.name].features(self._hooked(x))
+
+    def _hooked(self, x: torch.Tensor) -> torch.Tensor:
+        for hook in self._recipe[0].hooks["critic_input"]:
+            x = hook(x, self.name)
+        return x
 
 
 class Recipe:
@@ -178,6 +188,9 @@ class Recipe:
             family's own keys, ``options``). ``weight_clip = c`` clamps every parameter of
             every discriminator (each network whose name contains ``"discriminator"``) to
             ``[-c, c]`` after each of its optimiser steps (Arjovsky et al. 2017's WGAN).
+            ``grad_clip = c`` rescales each updated network's gradients (after they are
+            averaged over the processes) so that their joint L2 norm is at most ``c``
+            before its optimiser step (Seeliger et al. 2018 clip at 10; None: off).
             A recipe that is not ``adversarial`` refuses ``train.loss``.
         device: where the model lives.
         world: the processes of the run (default: this one alone); ``step`` then
@@ -189,8 +202,8 @@ class Recipe:
             the recipe does not train, the adversarial loss is unknown (or set for
             a recipe that is not adversarial), ``train.optimizer`` is unknown,
             ``train.weight_clip`` is set with ``wgan-gp`` (the penalty replaces clipping)
-            or is not positive, or ``train.dtype`` is not float32 / float64 (float64
-            without autocast).
+            or is not positive, ``train.grad_clip`` is not positive, or ``train.dtype`` is
+            not float32 / float64 (float64 without autocast).
     """
 
     family = ""
@@ -246,6 +259,7 @@ class Recipe:
         self.hooks: dict[str, list[Callable]] = {kind: [] for kind in HOOKS}
         self.optimizer = self._choice(train, "optimizer", OPTIMIZERS)
         self.weight_clip = self._weight_clip(train)
+        self.grad_clip = self._grad_clip(train)
         self.optimizers = self._build_optimizers(train)
         self._critics: dict[str, _Critic] = {}
         self._install_spectral_norm()
@@ -305,6 +319,14 @@ class Recipe:
                 f"train.weight_clip={clip}: the {self.family!r} recipe of {self.model.name} trains no "
                 f"discriminator to clip (it trains {list(trains)}); leave weight_clip unset"
             )
+        return float(clip)
+
+    def _grad_clip(self, train: dict[str, Any]) -> float | None:
+        clip = self._option(train, "grad_clip")
+        if clip is None:
+            return None
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0 < clip < float("inf"):
+            raise ValueError(f"train.grad_clip must be a finite number > 0 or None, got {clip!r}")
         return float(clip)
 
     def _build_optimizers(self, train: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
@@ -440,10 +462,13 @@ class Recipe:
     def _step(self, *names: str) -> None:
         """The optimiser steps of networks ``names``, their gradients first averaged
         over the processes (each process's loss is a mean over its slice, so the
-        average is the gradient of the global batch's loss)."""
+        average is the gradient of the global batch's loss), then, with
+        ``train.grad_clip``, each network's clipped to that total norm."""
         for name in names:
             reduce_gradients(self.model[name].parameters(), self.world)
         for name in names:
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model[name].parameters(), self.grad_clip)
             self.optimizers[name].step()
         if self.weight_clip is not None:
             self._clip(*names)
@@ -657,10 +682,58 @@ class GANRecipe(Recipe):
     discriminator when it takes them (ICW-GAN's, a projection discriminator); with an
     auxiliary classifier the generator's loss adds ``lambda_cls`` times its
     cross-entropy on the generated volumes (logged as ``loss_cls``).
+
+    ``train.feature_matching = w > 0`` (Salimans et al. 2016's feature matching, which
+    Seeliger et al. 2018 add on the discriminator's first layer; the weight is brainkern's,
+    the paper gives none): each generator update adds ``w`` times
+
+        ``mean_c ((mean_n f(x)[n, c] - mean_n f(G(z))[n, c]) ** 2)``
+
+    where ``f`` is the discriminator's ``features`` ``(N, ...) -> (N, C, ...)``, seen through
+    the same ``critic_input`` hooks as its logits, ``x`` the real batch (its features without
+    gradient) and ``G(z)`` the update's generated batch; ``c`` runs over every feature
+    position. Logged unweighted as ``loss_fm``. These two extra forwards leave the
+    discriminator's BatchNorm running statistics as they were. With several processes the
+    batch means are each process's (the term of its slice, gradients then averaged).
+
+    Raises:
+        ValueError: ``train.feature_matching`` negative or not finite, or > 0 with a
+            discriminator that has no ``features`` method.
     """
 
     networks = ("generator", "discriminator")
     losses = ("loss_g", "loss_d", "gp_d")
+    options = ("feature_matching",)
+
+    def __init__(
+        self, model: nn.Module, train: dict[str, Any], device: torch.device, world: World | None = None
+    ) -> None:
+        super().__init__(model, train, device, world)
+        w = self._option(train, "feature_matching")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            raise ValueError(f"train.feature_matching must be a finite number >= 0, got {w!r}")
+        self.feature_matching = float(w)
+        if self.feature_matching > 0:
+            D = model["discriminator"]
+            if not callable(getattr(D, "features", None)):
+                raise ValueError(
+                    f"train.feature_matching={w}: the discriminator of {model.name} "
+                    f"({type(D).__name__}) has no features(x) method to match; set "
+                    "train.feature_matching=0 or use a model whose discriminator has one (seeliger-dcgan)"
+                )
+            self.losses = (*self.losses, "loss_fm")
+
+    def _feature_matching(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The unweighted feature-matching term of generated ``fake`` against ``real``
+        (both ``(N, C, *shape)``; see the class docstring)."""
+        D = self.critic("discriminator")
+        net = self.model["discriminator"]
+        norms = [m for m in net.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+        with FrozenBatchNormStats(norms):
+            with torch.no_grad():
+                f_real = D.features(real).mean(0)
+            f_fake = D.features(fake).mean(0)
+        return ((self._full(f_real) - self._full(f_fake)) ** 2).mean()
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         self._prepare_classifier()
@@ -679,10 +752,15 @@ class GANRecipe(Recipe):
                     if self.has_classifier:
                         loss_cls = self._class_loss([fake], y)
                         total = loss_g + self.lambda_cls * loss_cls
+                    if self.feature_matching > 0:
+                        loss_fm = self._feature_matching(real, fake)
+                        total = total + self.feature_matching * loss_fm
                 self._update(total, "generator")
         logs["loss_g"] = loss_g.detach()
         if self.has_classifier:
             logs["loss_cls"] = loss_cls.detach()
+        if self.feature_matching > 0:
+            logs["loss_fm"] = loss_fm.detach()
         for _ in range(self.d_updates):
             with torch.no_grad(), self.autocast():
                 fake = self._full(model.generate(self._latent(n), y))
