@@ -214,14 +214,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_slice_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a 2D run (Han et al.'s slice models: ``data.slices`` set)."""
+    """Whether ``run_dir`` holds a 2D run (``data.slices``: Han et al.'s slice models;
+    ``data.images``: a stimulus domain's image prior)."""
     import yaml
 
     try:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return False  # Kwon's path says what is wrong with the folder
-    return bool(isinstance(cfg, dict) and (cfg.get("data") or {}).get("slices"))
+    from brainkern.train.data import is_2d
+
+    return bool(isinstance(cfg, dict) and is_2d(cfg.get("data") or {}))
 
 
 def _slice_table(args: argparse.Namespace) -> int:

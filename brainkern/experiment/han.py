@@ -199,6 +199,9 @@ def write_slice_report(run_dir: str | os.PathLike, rows: list[dict[str, Any]], i
 
 
 def _subjects(dataset, indices: np.ndarray) -> list[str]:
+    """The subject of each item ``indices`` (sorted); a stimulus image is its own subject."""
+    if not hasattr(dataset, "volume_indices"):
+        return [str(dataset.subjects[i]) for i in np.sort(indices)]
     volumes = dataset.volume_indices[np.sort(indices)]
     subjects = dataset.subjects
     return [str(subjects[v]) if subjects[v] is not None else str(dataset.paths[v]) for v in volumes]
@@ -227,7 +230,9 @@ class SliceReport(RunReport):
         slice_grid(
             {"real": self.real, "generated": fake},
             trainer.run_dir / "pictures" / f"samples_{it:07d}.png",
-            channel_names=[s.upper() for s in trainer.cfg["data"]["sequences"]],
+            channel_names=None
+            if trainer.cfg["data"].get("images")
+            else [s.upper() for s in trainer.cfg["data"]["sequences"]],
             n_per_row=len(self.real),
             title=f"{trainer.model.name}, iteration {it}",
             vmin=low,
@@ -278,11 +283,16 @@ def _observe(
         "preset": cfg.get("preset"),
         "iterations": int(iterations),
         "train_seconds": round(float(train_seconds), 1),
-        "images": f"{cfg['data']['slices']['plane']} slices {list(dataset.shape)}, "
-        f"sequences {', '.join(cfg['data']['sequences'])}",
+        "images": _describe_images(cfg["data"], dataset),
         "real": what,
     }
     return rows, info
+
+
+def _describe_images(data: dict[str, Any], dataset) -> str:
+    if data.get("images"):
+        return f"stimulus domain {data['images']['domain']!r}, grey images {list(dataset.shape)}"
+    return f"{data['slices']['plane']} slices {list(dataset.shape)}, sequences {', '.join(data['sequences'])}"
 
 
 def evaluate_slice_run(
@@ -306,11 +316,11 @@ def evaluate_slice_run(
         ValueError: the run is not a 2D one (``data.slices`` unset).
     """
     from brainkern.train.config import DEFAULTS
-    from brainkern.train.data import evaluation_indices, load_run_data, training_indices
+    from brainkern.train.data import evaluation_indices, is_2d, load_run_data, training_indices
     from brainkern.train.engine import load_run
 
     model, cfg, ckpt = load_run(run_dir, checkpoint, device)
-    if not cfg["data"].get("slices"):
+    if not is_2d(cfg["data"]):
         raise ValueError(f"{run_dir} is a 3D run (data.slices unset): use Kwon et al.'s table")
     cfg["evaluate"] = {**DEFAULTS["evaluate"], **cfg["evaluate"]}
     if n_generated is not None:

@@ -168,6 +168,7 @@ def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple
 def _train(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path, world) -> int:
     from brainkern.experiment.han import SliceReport
     from brainkern.experiment.kwon import RunReport
+    from brainkern.train.data import is_2d
     from brainkern.train.distributed import RankFailed
     from brainkern.train.engine import Diverged, Interrupted, Trainer
     from brainkern.train.state import CheckpointError
@@ -186,7 +187,7 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path, world) 
             progress=not args.quiet,
             # 2D slice runs (Han et al.) get their own pictures and machine-observer report.
             callbacks=[
-                (SliceReport if cfg["data"]["slices"] else RunReport)(
+                (SliceReport if is_2d(cfg["data"]) else RunReport)(
                     evaluate=cfg["evaluate"]["enabled"], progress=not args.quiet
                 )
             ],
@@ -207,7 +208,7 @@ def _train(args: argparse.Namespace, cfg: dict[str, Any], run_dir: Path, world) 
     if not world.is_main:
         return 0
     print(f"\nrun directory: {run_dir}  ({time.perf_counter() - wall:.0f} s wall)")
-    kind = "samples (PNG)" if cfg["data"]["slices"] else "samples (NIfTI)"
+    kind = "samples (PNG)" if is_2d(cfg["data"]) else "samples (NIfTI)"
     for what, sub in ((kind, "samples"), ("pictures (PNG)", "pictures")):
         if (run_dir / sub).is_dir():
             print(f"  {what:16s} {run_dir / sub}")

@@ -284,7 +284,12 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             )
         if data["split_file"] is not None:
             raise ValueError("give data.folds or data.split_file, not both")
-    if (data["cohort"] is None) == (data["table"] is None):
+    if data.get("images") is not None:
+        if data["cohort"] is not None or data["table"] is not None:
+            raise ValueError(
+                "data.images trains on a stimulus image domain: set data.cohort and data.table to null"
+            )
+    elif (data["cohort"] is None) == (data["table"] is None):
         raise ValueError("give exactly one of data.cohort (an embedded cohort) and data.table (your data)")
     cfg["model"] = _check_model(cfg["model"], check_model_section)
     return cfg

@@ -196,6 +196,43 @@ def make_split(records, data: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def is_2d(data: dict[str, Any]) -> bool:
+    """Whether a run's ``data`` section makes it a 2D run: slices of brain volumes
+    (``data.slices``, Han et al.) or a stimulus image domain (``data.images``, Seeliger et al.)."""
+    return bool(data.get("slices") or data.get("images"))
+
+
+def _image_run_data(data: dict[str, Any], *, progress: bool):
+    """The split and :class:`~brainkern.data.stimuli.StimulusDataset` of a ``data.images`` run:
+    the experiment's stimuli kept out (:meth:`StimulusDataset.split`), or with no stimuli
+    reserved, ``data.folds`` / ``data.split_file`` over the images (each its own subject).
+
+    Raises:
+        ValueError: ``data.images`` together with brain-data keys (slices, sequences, lesions),
+            or reserved stimuli together with folds / a split file.
+    """
+    from collections import namedtuple
+
+    from brainkern.data.stimuli import StimulusDataset
+
+    if data.get("slices") or list(data.get("sequences") or ["t1"]) != ["t1"] or data.get("lesions"):
+        raise ValueError(
+            "data.images trains on a stimulus image domain: leave data.slices, data.sequences and "
+            "data.lesions unset (they cut brain volumes)"
+        )
+    dataset = StimulusDataset(data["images"], progress=progress)
+    if any(dataset.settings["stimuli"]):
+        if data.get("folds") or data.get("split_file"):
+            raise ValueError(
+                "data.images.stimuli reserves the experiment's stimuli and holds its test stimuli out; "
+                "leave data.folds and data.split_file unset (or set stimuli: [0, 0])"
+            )
+        return dataset.split(), dataset
+    Record = namedtuple("Record", "path label subject")
+    records = [Record(n, int(y), n) for n, y in zip(dataset.subjects, dataset.labels, strict=True)]
+    return make_split(records, data), dataset
+
+
 def load_run_data(data: dict[str, Any], *, progress: bool = True):
     """The split (:func:`make_split`, ``None`` without one) and the
     :class:`~brainkern.data.VolumeDataset` a run trains on, from one read of the records.
@@ -209,6 +246,8 @@ def load_run_data(data: dict[str, Any], *, progress: bool = True):
     """
     from brainkern.data import SliceDataset, VolumeDataset
 
+    if data.get("images"):
+        return _image_run_data(data, progress=progress)
     slices = data.get("slices")
     if slices is None and len(data.get("sequences") or ("t1",)) > 1:  # before any data is made
         raise ValueError(
@@ -295,13 +334,13 @@ def _what(dataset, idx: np.ndarray) -> str:
     """``"volumes (12"`` or, for a slice data set, ``"slices (384 of 12 volumes"``."""
     if hasattr(dataset, "volume_indices"):
         return f"slices ({len(idx)} of {len(np.unique(dataset.volume_indices[idx]))} volumes"
-    return f"volumes ({len(idx)}"
+    return f"{getattr(dataset, 'item_noun', 'volumes')} ({len(idx)}"
 
 
 def real_volumes(dataset, indices: np.ndarray) -> torch.Tensor:
     """``(N, 1, D, H, W)`` float32 tensor of the given volumes of a data set (read in file order);
-    for a slice data set ``(N, C, S, S)``, its images in index order."""
-    if hasattr(dataset, "volume_indices"):
+    for a slice or stimulus data set ``(N, C, S, S)``, its images in index order."""
+    if not hasattr(dataset, "volumes"):
         order = np.sort(np.asarray(indices, dtype=np.int64))
         if not len(order):
             return torch.empty(0, dataset.channels, *dataset.shape)

@@ -152,11 +152,13 @@ def build_run_model(cfg: dict[str, Any], device: torch.device, log=None):
 def model_grid(data: dict[str, Any]) -> dict[str, Any]:
     """What a model is built for from the ``data`` section: ``{"shape": (D, H, W)}`` for a 3D
     run, ``{"shape": (S, S), "channels": C}`` for a 2D run (``data.slices``; one channel per
-    sequence).
+    sequence; ``data.images``: one channel).
 
     Raises:
         ValueError: a 2D run without ``data.slices.size``.
     """
+    if data.get("images"):  # a stimulus image domain: grey images
+        return {"shape": (int(data["images"].get("size", 64)),) * 2, "channels": 1}
     slices = data.get("slices")
     if slices is None:
         return {"shape": tuple(data["shape"])}
@@ -567,9 +569,13 @@ class Trainer:
 
         def begin() -> None:
             self._prepare_run_dir()
+            if cfg["data"].get("images"):  # a stimulus domain's grey images
+                grid, items = f"images {'x'.join(map(str, self.dataset.shape))}", "training images"
+            else:
+                grid, items = f"grid {tuple(cfg['data']['shape'])}", "training volumes"
             self.log(
-                f"model {self.model.name} on {self.device} | grid {tuple(cfg['data']['shape'])} | "
-                f"{len(self.indices)} training volumes | {batch} | seed {cfg['seed']}"
+                f"model {self.model.name} on {self.device} | {grid} | "
+                f"{len(self.indices)} {items} | {batch} | seed {cfg['seed']}"
             )
             self.log(self.model.describe())
             for cb in self.callbacks:
