@@ -260,14 +260,16 @@ def load_domain(
         progress: a progress bar while drawing patches.
 
     Raises:
-        ValueError: an unknown domain that is no folder, a bad size, ``n`` for a domain of
-            fixed images, an empty folder.
+        ValueError: an unknown domain that is no folder, a bad size, ``n`` below 1 or for a
+            domain of fixed images, an empty folder.
     """
     if isinstance(size, bool) or int(size) != size or size < 8:
         raise ValueError(f"images.size must be an integer >= 8, got {size!r}")
     size = int(size)
+    if n is not None and (isinstance(n, bool) or int(n) != n or n < 1):
+        raise ValueError(f"images.n must be a positive integer (how many natural patches to draw), got {n!r}")
     if domain == "natural":
-        stimuli = _natural(size, int(n or DEFAULT_NATURAL_N), int(seed), progress)
+        stimuli = _natural(size, DEFAULT_NATURAL_N if n is None else int(n), int(seed), progress)
     elif n is not None:
         raise ValueError(f"images.n={n}: only the natural domain draws a chosen number of images")
     elif domain == "digits":
@@ -297,10 +299,12 @@ def experiment_parts(stimuli: Stimuli, n_train: int, n_test: int, seed: int = 0)
         ``{"prior": idx, "train": idx, "test": idx, "unused": idx}``, sorted int64 arrays.
 
     Raises:
-        ValueError: more stimuli asked than the domain can give, or a prior left with fewer
-            than 64 images.
+        ValueError: a negative count, more stimuli asked than the domain can give, or a prior
+            left with fewer than 64 images.
     """
     n_train, n_test = int(n_train), int(n_test)
+    if n_train < 0 or n_test < 0:
+        raise ValueError(f"stimuli counts must be >= 0, got {n_train} training and {n_test} test stimuli")
     rng = np.random.default_rng(seed)
     groups = stimuli.groups
     sources = rng.permutation(np.unique(groups))
