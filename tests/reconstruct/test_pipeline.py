@@ -299,6 +299,24 @@ def test_user_responses(tiny, tmp_path, digits):
     assert not (out / "prior").exists()
 
 
+def test_user_responses_train_their_own_prior(tiny, tmp_path, digits):
+    first, _, _, cfg = tiny
+    names = _names(first)
+    train, test = names["train"][:20], names["test"][:10]
+    path, table = _user_files(tmp_path, train, test, digits)
+    user = {**cfg, "responses": {**cfg["responses"], "path": str(path), "table": str(table)}}
+    threads = torch.get_num_threads()
+    try:
+        run(user, tmp_path / "user", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "user"
+    # the prior trains on the domain less the table's stimuli
+    trained = set(json.loads((out / "prior" / "split.json").read_text())["subjects"]["train"])
+    assert len(trained) == len(digits) - 30 and not trained & (set(train) | set(test))
+    assert np.load(out / "responses" / "arrays" / "reconstruction_gan.npy").shape == (10, SIDE, SIDE)
+
+
 def test_user_responses_refusals(tiny, tmp_path, digits):
     first, _, _, cfg = tiny
     path, table = _user_files(tmp_path, ["digits-0001"], ["digits-0002"], digits)
