@@ -71,6 +71,10 @@ class SeeligerDiscriminator(nn.Module):
         channels: image channels (1: grey-scale).
         width: channels of the first layer.
         input_noise: standard deviation of the training-time input noise (0: none).
+        first_norm: BatchNorm after the first convolution (the paper: every layer is normalised).
+            ``False`` leaves the input layer unnormalised, as Radford et al. advise; brainkern's
+            quick reconstruction preset needs it (with the paper's normalised input layer its small
+            prior stayed noise for 300 iterations).
 
     Raises:
         TypeError, ValueError: a bad shape, non-positive sizes, a negative noise; at call
@@ -83,6 +87,7 @@ class SeeligerDiscriminator(nn.Module):
         channels: int = 1,
         width: int = 32,
         input_noise: float = INPUT_NOISE,
+        first_norm: bool = True,
     ) -> None:
         super().__init__()
         owner = "SeeligerDiscriminator"
@@ -91,8 +96,11 @@ class SeeligerDiscriminator(nn.Module):
         self.width = _positive(width, "width", owner)
         self.input_noise = _noise_level(input_noise, owner)
         self.first = nn.Sequential(
-            nn.Conv2d(self.channels, self.width, 3, 1, 1, bias=False), nn.BatchNorm2d(self.width), nn.ELU()
+            nn.Conv2d(self.channels, self.width, 3, 1, 1, bias=not first_norm),
+            nn.BatchNorm2d(self.width) if first_norm else nn.Identity(),
+            nn.ELU(),
         )
+        self.first_norm = bool(first_norm)
         layers: list[nn.Module] = []
         for i in range(_STRIDED):
             c_in, c_out = self.width * 2**i, self.width * 2 ** (i + 1)
@@ -173,6 +181,7 @@ def seeliger_dcgan(
     width: int = 64,
     d_width: int = 32,
     input_noise: float = INPUT_NOISE,
+    d_first_norm: bool = True,
 ) -> GenerativeModel:
     """Seeliger et al.'s (2018) DCGAN image prior on grey-scale stimuli; standard GAN loss.
 
@@ -181,7 +190,8 @@ def seeliger_dcgan(
     last hidden layer: 64 gives the paper's 512-256-128-64), discriminator
     ``(N, channels, S, S) -> (N, 1)`` (:class:`SeeligerDiscriminator`, first layer
     ``d_width`` channels) with a ``features`` method for feature matching; codes uniform on
-    the cube and normalised onto the unit sphere (:class:`SeeligerModel`).
+    the cube and normalised onto the unit sphere (:class:`SeeligerModel`). ``d_first_norm``
+    is the discriminator's ``first_norm`` (True: the paper's).
 
     Raises:
         TypeError, ValueError: a grid that is not square with a power-of-two side >= 16,
@@ -197,6 +207,6 @@ def seeliger_dcgan(
         channels=channels,
         networks={
             "generator": DCGANGenerator2d(side, latent_dim, channels, width, "tanh"),
-            "discriminator": SeeligerDiscriminator(side, channels, d_width, input_noise),
+            "discriminator": SeeligerDiscriminator(side, channels, d_width, input_noise, d_first_norm),
         },
     )

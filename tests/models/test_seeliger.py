@@ -31,6 +31,7 @@ def test_registered_as_a_standard_gan_with_its_own_prior():
         "width": 4,
         "d_width": 4,
         "input_noise": 0.15,
+        "d_first_norm": True,
     }
     # the defaults are the paper's: 64x64 grey-scale, z of 50, 512 channels at 4x4, D from 32
     full = build_model("seeliger-dcgan").config
@@ -218,3 +219,11 @@ def test_presets_have_seeliger_et_als_settings(preset, domain, prior_images):
     assert (train["g_updates"], train["d_updates"], train["batch_size"]) == (1, 1, 64)
     # about 300 passes through the prior's images (the counts the presets' comments derive)
     assert 300 <= train["iters"] * train["batch_size"] / prior_images < 301
+
+
+def test_d_first_norm_false_leaves_the_input_layer_unnormalised():
+    m = _small(d_first_norm=False)
+    first = m.discriminator.first
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in first)
+    assert first[0].bias is not None  # no BatchNorm after it: the convolution keeps its bias
+    assert isinstance(_small().discriminator.first[1], torch.nn.BatchNorm2d)

@@ -72,7 +72,7 @@ def test_quick_preset_loads_over_the_defaults():
     assert cfg["reconstruction"]["members"] == 5 and cfg["responses"]["snr"] == [1.0, 0.1]
     # keys the preset leaves alone keep the defaults (the paper's loss weights)
     assert cfg["reconstruction"]["lambda_fp"] == DEFAULTS["reconstruction"]["lambda_fp"] == 50.0
-    assert cfg["prior"]["set"]["train.iters"] == 800
+    assert cfg["prior"]["set"]["train.iters"] >= 500 and cfg["prior"]["set"]["model.d_first_norm"] is False
     assert load_config()["preset"] is None and load_config()["images"]["size"] == 64
 
 
