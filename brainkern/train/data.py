@@ -205,7 +205,9 @@ def is_2d(data: dict[str, Any]) -> bool:
 def _image_run_data(data: dict[str, Any], *, progress: bool):
     """The split and :class:`~brainkern.data.stimuli.StimulusDataset` of a ``data.images`` run:
     the experiment's stimuli kept out (:meth:`StimulusDataset.split`), or with no stimuli
-    reserved, ``data.folds`` / ``data.split_file`` over the images (each its own subject).
+    reserved, ``data.folds`` / ``data.split_file`` over the images (each its own subject; for
+    folds, the images of one source, a photograph's patches, count as one subject named after
+    its first image, and the folds are not stratified).
 
     Raises:
         ValueError: ``data.images`` together with brain-data keys (slices, sequences, lesions),
@@ -229,7 +231,16 @@ def _image_run_data(data: dict[str, Any], *, progress: bool):
             )
         return dataset.split(), dataset
     Record = namedtuple("Record", "path label subject")
-    records = [Record(n, int(y), n) for n, y in zip(dataset.subjects, dataset.labels, strict=True)]
+    names, groups = dataset.subjects, dataset.stimuli.groups
+    labels = [int(y) for y in dataset.labels]
+    if data.get("folds") and not data.get("split_file") and len(np.unique(groups)) < len(groups):
+        # Folds keep every image of one source (a photograph's overlapping patches) on one
+        # side; the label is the source then, so the folds are not stratified.
+        owner = {g: names[i] for i, g in reversed(list(enumerate(groups.tolist())))}
+        subjects, labels = [owner[g] for g in groups.tolist()], [0] * len(names)
+    else:
+        subjects = list(names)
+    records = [Record(n, y, s) for n, y, s in zip(names, labels, subjects, strict=True)]
     return make_split(records, data), dataset
 
 

@@ -166,3 +166,22 @@ def test_without_reserved_stimuli_folds_split_the_images():
         tiny({"domain": "digits", "size": 16, "stimuli": [0, 0]})["data"], progress=False
     )
     assert none is None and training_indices(ds, None, none).size == 1797
+
+
+def test_folds_over_natural_patches_keep_each_photograph_on_one_side():
+    # Patches of one photograph overlap: a fold split by patch would leak between train and test.
+    data = {
+        "images": {"domain": "natural", "size": 16, "n": 300, "stimuli": [0, 0]},
+        "folds": 3,
+        "fold": 1,
+        "split_seed": 0,
+        "split_file": None,
+        "slices": None,
+        "sequences": ["t1"],
+        "lesions": 0,
+    }
+    split, dataset = load_run_data(data, progress=False)
+    groups = dataset.stimuli.groups
+    train, test = (set(groups[split["parts"][p]].tolist()) for p in ("train", "test"))
+    assert train and test and not train & test
+    assert len(split["parts"]["train"]) + len(split["parts"]["test"]) == 300
