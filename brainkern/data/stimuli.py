@@ -75,6 +75,7 @@ NATURAL_PHOTOS = (
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_NATURAL_N = 3000
+TEST_SOURCES = 3  # photographs the natural domain's test stimuli come from, at least
 
 
 @dataclass
@@ -289,8 +290,9 @@ def load_domain(
 def experiment_parts(stimuli: Stimuli, n_train: int, n_test: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Divide a domain into the prior's images and the experiment's training and test stimuli.
 
-    The test stimuli are drawn first, from sources (photographs) of their own: every
-    image of a test source that is not a test stimulus is left out of all parts. For
+    The test stimuli are drawn first, from sources (photographs) of their own, at least
+    three (a quarter of the sources at most), in turn from each: every image of a test
+    source that is not a test stimulus is left out of all parts. For
     domains whose images are their own sources (digits, folders) that is just a draw of
     images. Then the training stimuli, from the remaining images; the prior gets the rest.
     The draw is stratified by nothing; the seed fixes it.
@@ -308,19 +310,29 @@ def experiment_parts(stimuli: Stimuli, n_train: int, n_test: int, seed: int = 0)
     rng = np.random.default_rng(seed)
     groups = stimuli.groups
     sources = rng.permutation(np.unique(groups))
+    # Images that share sources (patches of one photograph): the test stimuli come from at
+    # least TEST_SOURCES photographs (a quarter of them at most), taken from each in turn.
+    shared = len(sources) < len(groups)
+    least = min(TEST_SOURCES, max(1, len(sources) // 4)) if shared else 1
     test_sources: list[int] = []
     count = 0
     if n_test:
         for s in sources:
             test_sources.append(int(s))
             count += int(np.sum(groups == s))
-            if count >= n_test:
+            if count >= n_test and len(test_sources) >= least:
                 break
     in_test_source = np.isin(groups, test_sources)
     if n_test and count < n_test:
         raise ValueError(f"the domain has {len(stimuli)} images, fewer than the {n_test} test stimuli asked")
-    test = np.sort(rng.choice(np.flatnonzero(in_test_source), size=n_test, replace=False)) if n_test else []
-    test = np.asarray(test, dtype=np.int64)
+    if shared:
+        pools = [list(rng.permutation(np.flatnonzero(groups == s))) for s in test_sources]
+        turns = [pool[k] for k in range(max(map(len, pools), default=0)) for pool in pools if k < len(pool)]
+        test = np.sort(np.asarray(turns[:n_test], dtype=np.int64))
+    else:
+        pool = np.flatnonzero(in_test_source)
+        test = np.sort(rng.choice(pool, size=n_test, replace=False)) if n_test else np.zeros(0, np.int64)
+        test = test.astype(np.int64)
     rest = np.flatnonzero(~in_test_source)
     if n_train + 64 > rest.size:
         raise ValueError(

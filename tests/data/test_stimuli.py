@@ -277,3 +277,11 @@ def test_stimulus_dataset_items_split_and_save(tmp_path):
         assert np.all(np.asarray(im) == 128)
     with pytest.raises(ValueError, match="expected an image"):
         ds.save(np.zeros((2, 16, 16)), tmp_path / "bad.png")
+
+
+def test_natural_test_stimuli_come_from_several_photographs_in_turn(natural):
+    parts = experiment_parts(natural, 40, 30, seed=1)
+    counts = np.bincount(natural.groups[parts["test"]])
+    used = counts[counts > 0]
+    assert len(used) >= 3  # not all test stimuli from one photograph
+    assert used.max() - used.min() <= 1  # taken from each in turn
