@@ -163,19 +163,10 @@ def turing_main(argv: Sequence[str]) -> int:
             session = Path(args.session)
         if args.no_serve:
             return 0
-        server = turing.serve(session, args.host, args.port)
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"Visual Turing Test at {server.url}  (session {session}; Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    print(f"stopped; answers are in {session / 'answers'}", flush=True)
-    return 0
+    return turing.serve_until_stopped(session, args.host, args.port, title="Visual Turing Test")
 
 
 def report_main(argv: Sequence[str]) -> int:
