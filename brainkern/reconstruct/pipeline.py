@@ -391,12 +391,6 @@ def run(cfg: dict[str, Any], out: str | Path, *, progress: bool = True) -> dict[
     user = rs["path"] is not None
     if user != (rs["table"] is not None):
         raise ValueError("give responses.path and responses.table together (or neither, to simulate)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    _write_json(
-        out / "run.json",
-        {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "seed": cfg["seed"], "versions": _versions()},
-    )
     stimuli = load_domain(
         im["domain"],
         size=int(im["size"]),
@@ -405,9 +399,16 @@ def run(cfg: dict[str, Any], out: str | Path, *, progress: bool = True) -> dict[
         seed=int(im["seed"]),
         progress=progress,
     )
+    # The user's responses are read before anything is written, so bad files leave no folder.
+    data = average_repeats(load_responses(rs["path"], rs["table"], mask=rs["mask"])) if user else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _write_json(
+        out / "run.json",
+        {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "seed": cfg["seed"], "versions": _versions()},
+    )
     timings: dict[str, float] = {}
     if user:
-        data = average_repeats(load_responses(rs["path"], rs["table"], mask=rs["mask"]))
         index = {n: i for i, n in enumerate(stimuli.names)}
         unknown = sorted(set(data.stimuli) - set(index))
         if unknown:
