@@ -16,36 +16,31 @@ test on the Turing page), :mod:`~brainkern.reconstruct.pipeline` (the experiment
 domains live in :mod:`brainkern.data.stimuli`.
 """
 
-from brainkern.reconstruct.features import FeatureNet, feature_vector, load_feature_net, train_feature_net
-from brainkern.reconstruct.identify import identify, similarity_matrix
-from brainkern.reconstruct.loss import ReconstructionLoss
-from brainkern.reconstruct.model import (
-    LatentEnsemble,
-    fit_latent_ensemble,
-    nearest_training,
-    reconstruct,
-    ridge_pixels,
-)
-from brainkern.reconstruct.pipeline import load_config, run
-from brainkern.reconstruct.responses import GaborEncoder, load_responses, simulate, simulate_responses
+from brainkern._lazy import lazy_exports
 
-__all__ = [
-    "FeatureNet",
-    "GaborEncoder",
-    "LatentEnsemble",
-    "ReconstructionLoss",
-    "feature_vector",
-    "fit_latent_ensemble",
-    "identify",
-    "load_config",
-    "load_feature_net",
-    "load_responses",
-    "nearest_training",
-    "reconstruct",
-    "ridge_pixels",
-    "run",
-    "similarity_matrix",
-    "simulate",
-    "simulate_responses",
-    "train_feature_net",
-]
+_EXPORTS = {
+    "FeatureNet": "features",
+    "feature_vector": "features",
+    "load_feature_net": "features",
+    "train_feature_net": "features",
+    "identify": "identify",
+    "similarity_matrix": "identify",
+    "ReconstructionLoss": "loss",
+    "LatentEnsemble": "model",
+    "fit_latent_ensemble": "model",
+    "nearest_training": "model",
+    "reconstruct": "model",
+    "ridge_pixels": "model",
+    "load_config": "pipeline",
+    "run": "pipeline",
+    "GaborEncoder": "responses",
+    "load_responses": "responses",
+    "simulate": "responses",
+    "simulate_responses": "responses",
+}
+
+__all__ = sorted(_EXPORTS)
+
+# Loaded on first use: importing one module (e.g. the loss) does not pull in the pipeline's
+# dependencies (yaml, scikit-learn, matplotlib).
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

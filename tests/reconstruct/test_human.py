@@ -311,8 +311,11 @@ def test_the_command_prepares_a_session_from_a_reconstruction_run(tmp_path, caps
 
 def test_the_command_serves_a_session_until_ctrl_c(tmp_path):
     session = _session(tmp_path, n=3, repeats=1)
+    # A shell's background job (nohup ... &) starts with SIGINT ignored, and Python keeps it
+    # ignored: the child takes Ctrl-C's default handler back, as in a terminal.
     code = (
-        "import sys; from brainkern.reconstruct.human import human_main; sys.exit(human_main(sys.argv[1:]))"
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from brainkern.reconstruct.human import human_main; sys.exit(human_main(sys.argv[1:]))"
     )
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(

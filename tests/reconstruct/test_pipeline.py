@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
+yaml = pytest.importorskip("yaml")
 pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 pytest.importorskip("skimage")
