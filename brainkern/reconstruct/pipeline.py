@@ -457,6 +457,12 @@ def run(cfg: dict[str, Any], out: str | Path, *, progress: bool = True) -> dict[
     prior_dir = Path(cfg["prior"]["run"]) if cfg["prior"]["run"] else _train_prior(cfg, out, progress)
     _check_prior(prior_dir, names["test"])
     model, _, ckpt = load_run(prior_dir, cfg["prior"]["checkpoint"], "cpu")
+    side = int(im["size"])
+    if tuple(model.shape) != (side, side) or model.channels != 1:
+        raise ValueError(
+            f"prior.run {prior_dir} draws {model.channels}-channel {'x'.join(map(str, model.shape))} images, "
+            f"the stimuli are grey {side}x{side}: set images.size={model.shape[0]} or train a prior for them"
+        )
     generator = model.generator.eval().requires_grad_(False)
     generator.latent_dim = model.latent_dim
     timings["prior"] = round(time.perf_counter() - t, 1)

@@ -248,6 +248,17 @@ def test_a_prior_that_saw_a_test_stimulus_is_refused(tiny, tmp_path):
         run(bad, tmp_path / "out2", progress=False)
 
 
+def test_a_prior_of_another_image_size_is_refused(tiny, tmp_path):
+    first, _, _, cfg = tiny
+    bigger = {
+        **cfg,
+        "images": {**cfg["images"], "size": 2 * SIDE},
+        "prior": {**cfg["prior"], "run": str(first / "prior")},
+    }
+    with pytest.raises(ValueError, match=f"draws 1-channel {SIDE}x{SIDE} images, the stimuli are grey"):
+        run(bigger, tmp_path / "out", progress=False)
+
+
 # ----------------------------------------------------------------------------- the user's responses
 
 
