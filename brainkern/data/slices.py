@@ -296,22 +296,32 @@ class SliceDataset(Dataset):
         Raises:
             ValueError: not a ``(C, S, S)`` or ``(S, S)`` image.
         """
-        from PIL import Image
-
-        x = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float64)
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim != 3:
-            raise ValueError(f"save: expected an image (C, S, S) or (S, S), got shape {x.shape}")
-        low, high = value_range
-        grey = np.clip(np.round((x - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.concatenate(list(grey), axis=1)).save(path)
-        return path
+        return write_png(image, path, value_range=value_range)
 
     def __repr__(self) -> str:
         return (
             f"SliceDataset(n={len(self)}, sequences={len(self.datasets)}, plane={self.plane!r}, "
             f"slices=({self.start}, {self.stop}), size={self.size}, volumes={self.indices.size})"
         )
+
+
+def write_png(image: Any, path: str | os.PathLike, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> Path:
+    """Write one image ``(C, S, S)`` or ``(S, S)`` (array or tensor) as an 8-bit grey PNG, the
+    channels side by side, ``value_range`` mapped to 0..255 (clipped).
+
+    Raises:
+        ValueError: not a ``(C, S, S)`` or ``(S, S)`` image.
+    """
+    from PIL import Image
+
+    x = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(f"save: expected an image (C, S, S) or (S, S), got shape {x.shape}")
+    low, high = value_range
+    grey = np.clip(np.round((x - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(list(grey), axis=1)).save(path)
+    return path

@@ -444,19 +444,17 @@ class StimulusDataset:
         return {"images": self.settings, "n": len(self), "classes": self.classes}
 
     def save(self, image: Any, path: str | os.PathLike, *, value_range: tuple[float, float] = (-1.0, 1.0)):
-        """One image ``(1, S, S)`` or ``(S, S)`` as an 8-bit grey PNG (``value_range`` to 0..255)."""
-        from PIL import Image
+        """One image ``(1, S, S)`` or ``(S, S)`` as an 8-bit grey PNG (``value_range`` to 0..255).
 
-        x = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float64)
-        x = x.reshape(x.shape[-2:]) if x.ndim == 3 and x.shape[0] == 1 else x
-        if x.ndim != 2:
-            raise ValueError(f"save: expected an image (1, S, S) or (S, S), got shape {x.shape}")
-        low, high = value_range
-        grey = np.clip(np.round((x - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grey).save(path)
-        return path
+        Raises:
+            ValueError: anything but one grey image.
+        """
+        from brainkern.data.slices import write_png
+
+        shape = tuple(np.shape(image))
+        if not (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
+            raise ValueError(f"save: expected an image (1, S, S) or (S, S), got shape {shape}")
+        return write_png(image, path, value_range=value_range)
 
     def __repr__(self) -> str:
         return f"StimulusDataset(domain={self.stimuli.domain!r}, n={len(self)}, size={self.stimuli.size})"
