@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brainkern._cli import positive_int
+from brainkern._cli import positive_int, subcommand_parser
 from brainkern.experiment import kwon_cli
 
 PROG = "python -m brainkern.evaluate"
@@ -45,11 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subparser(command: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog=f"{PROG} {command}",
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    return subcommand_parser(PROG, command, description)
 
 
 def build_turing_parser() -> argparse.ArgumentParser:

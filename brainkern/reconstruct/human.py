@@ -429,11 +429,9 @@ PROG = "python -m brainkern.reconstruct"
 
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog=f"{PROG} {command}",
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    from brainkern._cli import subcommand_parser  # noqa: PLC0415
+
+    return subcommand_parser(PROG, command, description)
 
 
 def build_human_parser() -> argparse.ArgumentParser:
